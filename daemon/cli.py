@@ -1,0 +1,219 @@
+"""The ``podium`` command line (DESIGN.md §8).
+
+Exit codes: 0 success; 1 the run failed/was cancelled (or a command's target is in a bad
+state); 2 bad usage or input (invalid file, unknown run); 3 timeout waiting; 4 environment
+problem (emulator, Java, cloud access).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from daemon.config import Settings
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_ENV = 0, 1, 2, 3, 4
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from daemon.server import serve
+
+    serve(_settings())
+    return EXIT_OK
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from daemon.pubsub import publish_command
+
+    settings = _settings()
+    path = Path(args.file).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"podium start: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.no_validate:
+        from machines.architecture import load_architecture
+        from machines.errors import InvalidArchitecture
+
+        try:
+            load_architecture(text, source=str(path))
+        except InvalidArchitecture as exc:
+            print(exc.message, file=sys.stderr)
+            return EXIT_USAGE
+    body: dict[str, Any] = {"command": "start", "architecture_yaml": text, "source_root": str(path.parent)}
+    if args.run_id:
+        body["run_id"] = args.run_id
+    message_id = publish_command(settings, body)
+    run_id = args.run_id or message_id
+    if args.json:
+        _print_json({"run_id": run_id, "message_id": message_id})
+    else:
+        print(f"start published: run {run_id} (message {message_id})")
+        print(f"follow it with: podium watch {run_id}")
+    if args.wait:
+        from daemon.watch import wait_for_end
+
+        return wait_for_end(settings, run_id, timeout=args.timeout, quiet=args.json)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.status import show_run, show_runs
+
+    settings = _settings()
+    if args.run_id:
+        return show_run(settings, args.run_id, events=args.events, as_json=args.json)
+    return show_runs(settings, status=args.status, limit=args.limit, as_json=args.json)
+
+
+def _send(args: argparse.Namespace, command: str) -> int:
+    """Publish cancel/retry, then wait for the run's state to move and print the transition."""
+    from daemon.pubsub import publish_command
+    from daemon.status import store_for
+    from daemon.watch import wait_for_change
+
+    settings = _settings()
+    before = store_for(settings).get(args.run_id)
+    if before is None:
+        print(f"podium {command}: no run {args.run_id!r}", file=sys.stderr)
+        return EXIT_USAGE
+    message_id = publish_command(settings, {"command": command, "run_id": args.run_id})
+    after = wait_for_change(settings, args.run_id, int(before.get("version", 0)), timeout=args.timeout)
+    result = {
+        "run_id": args.run_id,
+        "message_id": message_id,
+        "from": before.get("state"),
+        "to": after.get("state") if after else None,
+        "status": after.get("status") if after else before.get("status"),
+    }
+    if args.json:
+        _print_json(result)
+    elif after is None:
+        print(f"{command} published ({message_id}); the run did not change within {args.timeout:.0f} s "
+              f"(state {before.get('state')}: see `podium status {args.run_id} --events`)")
+    else:
+        print(f"{args.run_id}: {result['from']} -> {result['to']} ({result['status']})")
+    if after is None:
+        return EXIT_TIMEOUT
+    wanted = "cancelled" if command == "cancel" else "running"
+    return EXIT_OK if after.get("status") == wanted else EXIT_RUN_FAILED
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    return _send(args, "cancel")
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    return _send(args, "retry")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from daemon.watch import watch_run
+
+    return watch_run(_settings(), args.run_id, timeout=args.timeout, as_json=args.json)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from daemon.graph import render
+
+    current = None
+    if args.run_id:
+        from daemon.status import store_for
+
+        doc = store_for(_settings()).get(args.run_id)
+        if doc is None:
+            print(f"podium graph: no run {args.run_id!r}", file=sys.stderr)
+            return EXIT_USAGE
+        current = str(doc.get("state"))
+    out = render(args.format, current)
+    if isinstance(out, bytes):
+        target = Path(args.output or "podium-machine.png")
+        target.write_bytes(out)
+        print(f"wrote {target}")
+    elif args.output:
+        Path(args.output).write_text(out)
+        print(f"wrote {args.output}")
+    else:
+        print(out)
+    return EXIT_OK
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podium", description="Deploy a microservice architecture as a durable state machine.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the daemon (Cloud Run entrypoint)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("start", help="publish a start command for an architecture file")
+    p.add_argument("file", help="the architecture YAML")
+    p.add_argument("--run-id", help="run id (default: the start message's id)")
+    p.add_argument("--wait", action="store_true", help="wait until the run ends; exit code by its status")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait with --wait")
+    p.add_argument("--no-validate", action="store_true", help="skip local validation before publishing")
+    _add_json(p)
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("status", help="list runs, or show one run")
+    p.add_argument("run_id", nargs="?", help="a run id")
+    p.add_argument("--status", choices=["running", "succeeded", "failed", "cancelled"], help="filter the list")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--events", action="store_true", help="with RUN: show the audit log")
+    _add_json(p)
+    p.set_defaults(func=cmd_status)
+
+    for name, func, text in (("cancel", cmd_cancel, "cancel a run"),
+                             ("retry", cmd_retry, "redrive a failed run from the state that failed")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run_id")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the transition")
+        _add_json(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("watch", help="follow a run live until it ends (exit code by its status)")
+    p.add_argument("run_id")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    _add_json(p)
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("graph", help="draw the state machine from its definition")
+    p.add_argument("run_id", nargs="?", help="highlight this run's current state")
+    p.add_argument("--format", choices=["mermaid", "dot", "png"], default="mermaid")
+    p.add_argument("-o", "--output", help="write to this file")
+    p.set_defaults(func=cmd_graph)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from machines.errors import EmulatorError
+
+    try:
+        return int(args.func(args))
+    except EmulatorError as exc:
+        print(f"podium: {exc.message}", file=sys.stderr)
+        return EXIT_ENV
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Settings of the daemon and the CLI (DESIGN.md §3, CONTRACT). Environment prefix ``PODIUM_``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PODIUM_", extra="ignore")
+
+    project: str = Field(
+        default="podium-local",
+        validation_alias=AliasChoices("PODIUM_PROJECT", "GOOGLE_CLOUD_PROJECT"),
+    )
+    commands_topic: str = "podium-commands"
+    events_topic: str = "podium-events"
+    dead_letter_topic: str = "podium-dead-letter"
+    notifications_topic: str | None = None
+    collection: str = "orchestrations"
+    backend: Literal["local", "gcp", "standin"] = "local"  # standin: tests and benchmarks only
+    source_root: Path = Field(default_factory=Path.cwd)
+    state_dir: Path = Field(default_factory=lambda: Path.cwd() / ".podium")
+
+    # Engine tuning (not contract): leases, sweeps, concurrency bounds.
+    effect_lease_seconds: float = 30.0
+    sweep_interval_seconds: float = 2.0
+    max_messages: int = 200
+    effect_workers: int = 16
+    preflight_concurrency: int = 4
+    preflight_timeout_seconds: float = 120.0
+    build_concurrency: int = 4
+    max_delivery_attempts: int = 5
+    port: int = Field(default=8080, validation_alias=AliasChoices("PORT", "PODIUM_PORT"))
+    log_format: Literal["console", "json", "auto"] = "auto"
+
+    # Local backend knobs.
+    local_iam_delay_seconds: float = 1.0
+    iam_budget_seconds: float = 600.0
+    director_ready_budget_seconds: float = 60.0
+
+    # Push endpoint verification (gcp mode).
+    push_audience: str | None = None
+    push_service_account: str | None = None
+
+    replica_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
+
+    @property
+    def commands_subscription(self) -> str:
+        return f"{self.commands_topic}-podium"
+
+    @property
+    def events_subscription(self) -> str:
+        return f"{self.events_topic}-podium"
+
+    @property
+    def dead_letter_subscription(self) -> str:
+        return f"{self.dead_letter_topic}-podium"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

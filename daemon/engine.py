@@ -1,0 +1,206 @@
+"""The engine: turns one inbound message into one committed transition, then hands effects on.
+
+Pull (``daemon/intake.py``) and push (``daemon/http.py``) deliver messages here alike; the
+returned ``Verdict`` says whether to ack (done, or recorded as rejected) or nack (a transient
+failure: Pub/Sub redelivers and finally dead-letters).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from daemon.config import Settings
+from daemon.faults import crash_point
+from daemon.store import Applied, RunStore
+from machines.errors import InvalidArchitecture, InvalidMessage, PodiumError, UnknownRun
+from machines.messages import Event, StartCommand, is_valid_run_id, parse_command, parse_event
+
+log = structlog.get_logger("podium.engine")
+
+
+class Verdict(enum.Enum):
+    ACK = "ack"
+    NACK = "nack"
+
+
+@dataclass(frozen=True)
+class Inbound:
+    message_id: str
+    data: bytes
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    delivery_attempt: int | None = None
+    source: str = "events"
+
+
+EffectSink = Callable[[Applied], None]
+Notifier = Callable[[Applied], None]
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RunStore,
+        on_applied: EffectSink | None = None,
+        notify: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.on_applied = on_applied or (lambda _a: None)
+        self.notify = notify or (lambda _a: None)
+
+    # ---- entry points ----------------------------------------------------------------
+    def on_command(self, msg: Inbound) -> Verdict:
+        return self._guard(msg, self._command)
+
+    def on_event(self, msg: Inbound) -> Verdict:
+        return self._guard(msg, self._event)
+
+    def on_dead_letter(self, msg: Inbound) -> Verdict:
+        """A message Pub/Sub gave up on: record it so nothing is lost, then ack."""
+        attempts = msg.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "?")
+        source = msg.attributes.get("CloudPubSubDeadLetterSourceSubscription", "?")
+        self.store.record_rejected(
+            msg.message_id,
+            msg.data,
+            msg.attributes,
+            "dead_lettered",
+            f"delivery failed {attempts} times on {source}; see the daemon's logs for the errors",
+            "dead-letter",
+        )
+        log.warning("dead letter recorded", message_id=msg.message_id, source=source)
+        return Verdict.ACK
+
+    def fire_timer(self, run_id: str, seq: int) -> Applied:
+        event = Event(run_id=run_id, event_id=f"timer~{seq}", type="timer.fired", data={"seq": seq})
+        applied = self.store.apply(event, message_id=f"timer~{seq}")
+        self._after(applied)
+        return applied
+
+    # ---- internals -------------------------------------------------------------------
+    def _guard(self, msg: Inbound, work: Callable[[Inbound], Applied]) -> Verdict:
+        run_hint = msg.attributes.get("run_id", "-")
+        with structlog.contextvars.bound_contextvars(
+            run_id=run_hint, message_id=msg.message_id, trace_id=msg.attributes.get("trace_id")
+        ):
+            try:
+                applied = work(msg)
+            except (InvalidMessage, UnknownRun, InvalidArchitecture) as exc:
+                return self.reject(msg, exc.reason, exc.message)
+            except PodiumError as exc:
+                if not exc.retryable:
+                    return self.reject(msg, exc.reason, exc.message)
+                log.warning("transient failure, nack", error=exc.message)
+                return Verdict.NACK
+            except Exception as exc:  # noqa: BLE001 - the boundary: never crash the subscriber
+                log.warning("failed to apply, nack", error=repr(exc), attempt=msg.delivery_attempt)
+                return Verdict.NACK
+            self._after(applied)
+            crash_point("after_commit", msg.attributes.get("type", ""))
+            return Verdict.ACK
+
+    def reject(self, msg: Inbound, reason: str, message: str) -> Verdict:
+        try:
+            self.store.record_rejected(msg.message_id, msg.data, msg.attributes, reason, message, msg.source)
+        except Exception as exc:  # noqa: BLE001 - Firestore down: let Pub/Sub keep it
+            log.warning("could not record rejected message, nack", error=repr(exc))
+            return Verdict.NACK
+        log.warning("message rejected", reason=reason, detail=message[:300])
+        return Verdict.ACK
+
+    def _after(self, applied: Applied) -> None:
+        structlog.contextvars.bind_contextvars(run_id=applied.run_id)
+        log.info(
+            "message processed",
+            outcome=applied.outcome,
+            from_state=applied.from_state,
+            to_state=applied.to_state,
+            effects=len(applied.effects),
+            detail=applied.detail,
+        )
+        if applied.effects:
+            crash_point("before_effect", applied.effects[0].kind)
+            self.on_applied(applied)
+        if applied.decision is not None and applied.decision.applied:
+            self.notify(applied)
+
+    def _event(self, msg: Inbound) -> Applied:
+        event = parse_event(msg.data)
+        structlog.contextvars.bind_contextvars(run_id=event.run_id)
+        return self.store.apply(event, msg.message_id)
+
+    def _command(self, msg: Inbound) -> Applied:
+        command = parse_command(msg.data)
+        run_id = command.run_id or msg.message_id
+        if not is_valid_run_id(run_id):
+            raise InvalidMessage(f"run id {run_id!r} is not usable as a document id")
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+        if isinstance(command, StartCommand):
+            return self._start(run_id, command, msg)
+        event = Event(run_id=run_id, event_id=f"cmd~{msg.message_id}", type=f"command.{command.command}")
+        return self.store.apply(event, msg.message_id)
+
+    def _start(self, run_id: str, command: StartCommand, msg: Inbound) -> Applied:
+        source_root = command.source_root or str(self.settings.source_root)
+        trace_id = command.trace_id or msg.attributes.get("trace_id")
+        extra: dict[str, Any] = {"source_root": source_root, "trace_id": trace_id}
+        try:
+            prepared = prepare_architecture(command)
+        except InvalidArchitecture as exc:
+            # The run exists, failed, with every problem listed: the user watching it sees why.
+            return self.store.start(
+                run_id, msg.message_id, plan=None, limits={}, extra=extra, invalid=(exc.reason, exc.message)
+            )
+        extra["architecture"] = prepared.architecture
+        extra["architecture_name"] = prepared.name
+        return self.store.start(run_id, msg.message_id, plan=prepared.plan, limits=self.limits(), extra=extra)
+
+    def limits(self) -> dict[str, float]:
+        s = self.settings
+        return {
+            "iam_budget": s.iam_budget_seconds,
+            "director_budget": s.director_ready_budget_seconds,
+            "timeout_preflight": s.preflight_timeout_seconds * 2 + 60,
+        }
+
+
+@dataclass(frozen=True)
+class PreparedArchitecture:
+    name: str
+    architecture: dict[str, Any]  # hydrated, JSON-safe
+    plan: dict[str, Any]
+
+
+def prepare_architecture(command: StartCommand) -> PreparedArchitecture:
+    """Validate and hydrate the architecture of a start command (pure; raises InvalidArchitecture)."""
+    from machines.architecture import Architecture, load_architecture
+    from machines.hydration import all_services, hydrate
+
+    source = f"start command for {command.run_id or 'a new run'}"
+    if command.architecture_yaml is not None:
+        arch = load_architecture(command.architecture_yaml, source=source)
+    else:
+        try:
+            arch = Architecture.from_dict(command.architecture or {}, source=source)
+        except ValidationError as exc:  # defensive: from_dict should already wrap these
+            raise InvalidArchitecture([str(exc)], source=source) from exc
+    hydrated = hydrate(arch)
+    services = all_services(hydrated)
+    director = hydrated.service_manager_spec.name
+    infra = f"{director}-infra"
+    dataflows = sorted(hydrated.dataflows)
+    plan = {
+        "director": director,
+        "all_services": sorted(services),
+        "services": sorted(s for s in services if s != director),
+        "dataflows": dataflows,
+        "app_dataflows": [d for d in dataflows if d != infra],
+    }
+    return PreparedArchitecture(hydrated.name, json.loads(hydrated.model_dump_json(exclude_none=True)), plan)

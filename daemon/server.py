@@ -1,0 +1,107 @@
+"""``podium serve``: wires store, engine, effects, timers, intake and HTTP into one process.
+
+Start order: plumbing → store → effects → timers → HTTP → intake (work arrives last).
+Stop order (SIGTERM; Cloud Run kills 10 s later): stop pulling → stop timers → hand back
+queued effects and wait for running ones → stop HTTP. The whole stop is bounded.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+
+import structlog
+from google.cloud import firestore
+
+from daemon import backends, logs
+from daemon.config import Settings
+from daemon.effects import EffectRunner
+from daemon.engine import Engine
+from daemon.http import DaemonHTTP
+from daemon.intake import PullIntake
+from daemon.notify import Notifier
+from daemon.pubsub import EventPublisher, ensure_daemon_plumbing
+from daemon.store import RunStore
+from daemon.timers import TimerSweep
+
+log = structlog.get_logger("podium.daemon")
+
+STOP_BUDGET_SECONDS = 8.0
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, http_port: int | None = None, pull: bool = True) -> None:
+        self.settings = settings
+        self.pull = pull
+        self.store = RunStore(
+            firestore.Client(project=settings.project),
+            settings.collection,
+            owner=settings.replica_id,
+            lease_seconds=settings.effect_lease_seconds,
+        )
+        self.publisher = EventPublisher(settings.project, settings.events_topic)
+        self.effects = EffectRunner(
+            settings,
+            self.store,
+            backends.handlers_for(settings),
+            self.publisher.publish,
+            concurrency=backends.concurrency_for(settings),
+        )
+        self.notifier = Notifier(settings, self.publisher)
+        self.engine = Engine(settings, self.store, on_applied=self.effects.on_applied, notify=self.notifier)
+        self.timers = TimerSweep(self.engine, settings.sweep_interval_seconds)
+        self.intake = PullIntake(settings, self.engine)
+        self.http = DaemonHTTP(settings, self.engine, self.healthy, port=http_port)
+        self._stopped = threading.Event()
+        self._started = False
+
+    def healthy(self) -> bool:
+        return self._started and (self.intake.healthy() if self.pull else True)
+
+    def start(self) -> None:
+        ensure_daemon_plumbing(self.settings)
+        self.effects.start()
+        self.timers.start()
+        self.http.start()
+        if self.pull:
+            self.intake.start()
+        self._started = True
+        log.info("daemon started", replica=self.settings.replica_id, backend=self.settings.backend,
+                 port=self.http.port, project=self.settings.project)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        began = time.monotonic()
+        log.info("stopping")
+        if self.pull:
+            self.intake.stop(timeout=3.0)
+        self.timers.stop(timeout=1.0)
+        left = STOP_BUDGET_SECONDS - (time.monotonic() - began)
+        self.effects.shutdown(grace=max(left - 1.0, 0.5))
+        self.http.stop()
+        log.info("stopped", seconds=round(time.monotonic() - began, 2))
+
+    def run_forever(self) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal received", signal=signal.Signals(signum).name)
+            threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not self._stopped.is_set():
+            self._stopped.wait(0.5)
+        # stop() runs in its own thread; wait for it to finish its bounded work.
+        deadline = time.monotonic() + STOP_BUDGET_SECONDS + 1
+        while self.effects.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def serve(settings: Settings) -> None:
+    fmt = settings.log_format if settings.log_format != "auto" else ("json" if settings.backend == "gcp" else "console")
+    logs.configure(fmt, settings.project)
+    Daemon(settings).run_forever()

@@ -1,0 +1,354 @@
+"""The run repository on Firestore: the only module that reads or writes run documents.
+
+Every message costs ONE transaction (DESIGN.md §7 rule 1): read the run and the event's
+audit record together, decide, then write the run (version+1), the audit record and the
+outbox entries in one commit. The transaction body has no side effects, because Firestore
+may run it more than once. Effects created here are already leased to this replica, and
+the transaction applying an effect's outcome event marks it done: no extra round trips.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from machines.errors import UnknownRun
+from machines.messages import EffectSpec, Event, RunState
+from machines.orchestration import Decision, decide, failed_run, start_run
+
+EFFECTS = "effects"
+EVENTS = "events"
+REJECTED = "rejected_messages"
+MAX_RAW_BODY = 64 * 1024
+
+# Fields of the run document the machine owns; everything else (architecture, source_root)
+# is written once at start.
+_MACHINE_FIELDS = (
+    "state",
+    "status",
+    "version",
+    "error",
+    "progress",
+    "outputs",
+    "attempt",
+    "failed_state",
+    "wake_at",
+    "timer",
+    "timer_seq",
+    "updated_at",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Applied:
+    """The result of one message: its outcome and, if it changed the run, what to do next."""
+
+    outcome: str
+    run_id: str
+    detail: str = ""
+    decision: Decision | None = None
+    effects: list[EffectSpec] = field(default_factory=list)
+    run_doc: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def from_state(self) -> str | None:
+        return self.decision.from_state if self.decision else None
+
+    @property
+    def to_state(self) -> str | None:
+        return self.decision.to_state if self.decision else None
+
+
+def run_fields(run: RunState) -> dict[str, Any]:
+    data = run.model_dump(mode="python", include=set(_MACHINE_FIELDS))
+    return data
+
+
+class RunStore:
+    def __init__(self, client: firestore.Client, collection: str, owner: str, lease_seconds: float) -> None:
+        self.client = client
+        self.runs = client.collection(collection)
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_seconds)
+
+    # ---- reads -----------------------------------------------------------------------
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        snap = self.runs.document(run_id).get()
+        return snap.to_dict() if snap.exists else None
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        docs = self.runs.document(run_id).collection(EVENTS).order_by("received_at").stream()
+        return [d.to_dict() | {"id": d.id} for d in docs]
+
+    def effects(self, run_id: str) -> list[dict[str, Any]]:
+        return [d.to_dict() | {"id": d.id} for d in self.runs.document(run_id).collection(EFFECTS).stream()]
+
+    def list_runs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query: Any = self.runs
+        if status:
+            query = query.where(filter=FieldFilter("status", "==", status))
+        query = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
+        return [d.to_dict() for d in query.stream()]
+
+    # ---- the hot path ------------------------------------------------------------------
+    def start(
+        self,
+        run_id: str,
+        message_id: str,
+        *,
+        plan: Mapping[str, Any] | None,
+        limits: Mapping[str, float],
+        extra: Mapping[str, Any],
+        invalid: tuple[str, str] | None = None,
+    ) -> Applied:
+        """Create the run if absent (a second start is recorded as a duplicate and changes nothing)."""
+        run_ref = self.runs.document(run_id)
+        event_id = f"cmd~{message_id}"
+
+        @firestore.transactional
+        def tx(transaction: firestore.Transaction) -> Applied:
+            now = utcnow()
+            snap = run_ref.get(transaction=transaction)
+            if snap.exists:
+                transaction.set(
+                    run_ref.collection(EVENTS).document(event_id),
+                    _audit(event_id, "command.start", None, message_id, now, snap.get("state"), None, "duplicate",
+                           f"run {run_id} already exists; start ignored"),
+                )
+                return Applied("duplicate", run_id, "run already exists")
+            if invalid is not None:
+                run = failed_run(run_id, invalid[0], invalid[1], now)
+                decision = Decision("applied", "pending", "failed", run, [], f"rejected at start: {invalid[0]}")
+            else:
+                assert plan is not None
+                decision = start_run(run_id, plan, limits, now)
+                decision.run.version = 1
+            doc = {"run_id": run_id, "created_at": now, **run_fields(decision.run), "plan": decision.run.plan,
+                   "limits": decision.run.limits, **extra}
+            doc["updated_at"] = now
+            transaction.create(run_ref, doc)
+            transaction.set(
+                run_ref.collection(EVENTS).document(event_id),
+                _audit(event_id, "command.start", None, message_id, now, "pending", decision.to_state, "applied",
+                       decision.detail, version=decision.run.version),
+            )
+            self._write_effects(transaction, run_ref, decision.effects, now)
+            return Applied("applied", run_id, decision.detail, decision, decision.effects, doc)
+
+        return tx(self.client.transaction())
+
+    def apply(self, event: Event, message_id: str) -> Applied:
+        """Apply one event to its run in one transaction."""
+        run_ref = self.runs.document(event.run_id)
+        event_ref = run_ref.collection(EVENTS).document(event.event_id)
+        effect_id = event.data.get("effect_id") if isinstance(event.data.get("effect_id"), str) else None
+
+        @firestore.transactional
+        def tx(transaction: firestore.Transaction) -> Applied:
+            now = utcnow()
+            snaps = {s.reference.path: s for s in transaction.get_all([run_ref, event_ref])}
+            run_snap, event_snap = snaps[run_ref.path], snaps[event_ref.path]
+            if not run_snap.exists:
+                raise UnknownRun(f"no run with id {event.run_id!r}")
+            doc = run_snap.to_dict() or {}
+            if event_snap.exists:
+                dup_id = f"{event.event_id}~dup~{message_id}"
+                transaction.set(
+                    run_ref.collection(EVENTS).document(dup_id),
+                    _audit(event.event_id, event.type, event.item, message_id, now, doc.get("state"), None,
+                           "duplicate", "already applied"),
+                )
+                self._mark_done(transaction, run_ref, effect_id, now)
+                return Applied("duplicate", event.run_id, "already applied", run_doc=doc)
+            run = RunState.model_validate(doc)
+            decision = decide(run, event, now)
+            if decision.applied:
+                decision.run.version = run.version + 1
+                decision.run.updated_at = now
+                transaction.update(run_ref, run_fields(decision.run))
+                record_id = event.event_id
+                doc = doc | run_fields(decision.run)
+            else:  # an ignored event does not consume its id: a valid twin may still come
+                record_id = f"{event.event_id}~ign~{message_id}"
+            transaction.set(
+                run_ref.collection(EVENTS).document(record_id),
+                _audit(event.event_id, event.type, event.item, message_id, now, decision.from_state,
+                       decision.to_state if decision.applied else None, decision.outcome, decision.detail,
+                       version=decision.run.version if decision.applied else None),
+            )
+            self._write_effects(transaction, run_ref, decision.effects, now)
+            self._mark_done(transaction, run_ref, effect_id, now)
+            return Applied(decision.outcome, event.run_id, decision.detail, decision, decision.effects, doc)
+
+        return tx(self.client.transaction())
+
+    def _write_effects(
+        self, transaction: firestore.Transaction, run_ref: Any, effects: Sequence[EffectSpec], now: datetime
+    ) -> None:
+        for eff in effects:
+            transaction.set(
+                run_ref.collection(EFFECTS).document(eff.effect_id),
+                {
+                    "run_id": run_ref.id,
+                    "effect_id": eff.effect_id,
+                    "kind": eff.kind,
+                    "item": eff.item,
+                    "params": eff.params,
+                    "status": "pending",
+                    "owner": self.owner,
+                    "lease_expires": now + self.lease,
+                    "attempts": 0,
+                    "created_at": now,
+                },
+            )
+
+    @staticmethod
+    def _mark_done(transaction: firestore.Transaction, run_ref: Any, effect_id: str | None, now: datetime) -> None:
+        if effect_id:
+            transaction.set(
+                run_ref.collection(EFFECTS).document(effect_id), {"status": "done", "done_at": now}, merge=True
+            )
+
+    # ---- rejected input ----------------------------------------------------------------
+    def record_rejected(
+        self,
+        message_id: str,
+        body: bytes,
+        attributes: Mapping[str, str],
+        reason: str,
+        message: str,
+        source: str,
+    ) -> None:
+        raw = body[:MAX_RAW_BODY]
+        try:
+            text: str | None = raw.decode("utf-8")
+            encoded = None
+        except UnicodeDecodeError:
+            text, encoded = None, base64.b64encode(raw).decode()
+        self.client.collection(REJECTED).document(message_id).set(
+            {
+                "message_id": message_id,
+                "source": source,
+                "reason": reason,
+                "message": message[:2000],
+                "body": text,
+                "body_base64": encoded,
+                "body_bytes": len(body),
+                "truncated": len(body) > MAX_RAW_BODY,
+                "attributes": dict(attributes),
+                "received_at": utcnow(),
+            }
+        )
+
+    # ---- effects (outbox) --------------------------------------------------------------
+    def effect_done(self, run_id: str, effect_id: str) -> None:
+        self.runs.document(run_id).collection(EFFECTS).document(effect_id).set(
+            {"status": "done", "done_at": utcnow()}, merge=True
+        )
+
+    def effect_retry_later(self, run_id: str, effect_id: str, delay: float, error: str) -> None:
+        """Leave the effect pending with a lease that expires after the backoff: the sweep re-drives it."""
+        self.runs.document(run_id).collection(EFFECTS).document(effect_id).update(
+            {
+                "lease_expires": utcnow() + timedelta(seconds=delay),
+                "attempts": firestore.Increment(1),
+                "last_error": error[:2000],
+            }
+        )
+
+    def expired_effects(self, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
+        query = (
+            self.client.collection_group(EFFECTS)
+            .where(filter=FieldFilter("status", "==", "pending"))
+            .where(filter=FieldFilter("lease_expires", "<=", now))
+            .limit(limit)
+        )
+        return [d.to_dict() | {"path": d.reference.path} for d in query.stream()]
+
+    def claim_effect(self, run_id: str, effect_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Take over an effect whose lease expired. Returns (effect, run document) or None if lost."""
+        run_ref = self.runs.document(run_id)
+        ref = run_ref.collection(EFFECTS).document(effect_id)
+
+        @firestore.transactional
+        def tx(transaction: firestore.Transaction) -> tuple[dict[str, Any], dict[str, Any]] | None:
+            now = utcnow()
+            snaps = {s.reference.path: s for s in transaction.get_all([ref, run_ref])}
+            eff, run = snaps[ref.path], snaps[run_ref.path]
+            if not eff.exists or not run.exists:
+                return None
+            data = eff.to_dict() or {}
+            if data.get("status") != "pending" or data["lease_expires"] > now:
+                return None
+            transaction.update(ref, {"owner": self.owner, "lease_expires": now + self.lease})
+            return data, run.to_dict() or {}
+
+        return tx(self.client.transaction())
+
+    def extend_leases(self, keys: Iterable[tuple[str, str]]) -> None:
+        batch = self.client.batch()
+        until = utcnow() + self.lease
+        n = 0
+        for run_id, effect_id in keys:
+            ref = self.runs.document(run_id).collection(EFFECTS).document(effect_id)
+            batch.update(ref, {"lease_expires": until})
+            n += 1
+        if n:
+            batch.commit()
+
+    def release_leases(self, keys: Iterable[tuple[str, str]]) -> None:
+        """On shutdown: hand queued effects back so another replica takes them at once."""
+        batch = self.client.batch()
+        now = utcnow()
+        n = 0
+        for run_id, effect_id in keys:
+            batch.update(self.runs.document(run_id).collection(EFFECTS).document(effect_id), {"lease_expires": now})
+            n += 1
+        if n:
+            batch.commit()
+
+    # ---- timers ------------------------------------------------------------------------
+    def due_timers(self, now: datetime, limit: int = 100) -> list[tuple[str, int]]:
+        query = self.runs.where(filter=FieldFilter("wake_at", "<=", now)).limit(limit)
+        out = []
+        for snap in query.select(["timer"]).stream():
+            timer = snap.get("timer") or {}
+            if "seq" in timer:
+                out.append((snap.id, int(timer["seq"])))
+        return out
+
+
+def _audit(
+    event_id: str,
+    type_: str,
+    item: str | None,
+    message_id: str,
+    now: datetime,
+    from_state: str | None,
+    to_state: str | None,
+    outcome: str,
+    detail: str,
+    version: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "type": type_,
+        "item": item,
+        "message_id": message_id,
+        "received_at": now,
+        "from_state": from_state,
+        "to_state": to_state,
+        "outcome": outcome,
+        "detail": detail[:500],
+        "version": version,
+    }

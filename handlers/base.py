@@ -1,0 +1,73 @@
+"""The seam between the engine and side effects.
+
+A handler is a function ``(EffectContext) -> Sequence[Outcome]``. It does one idempotent
+piece of work, keyed by the context's deterministic ids, and says what happened as outcome
+events, which the effect runner publishes to the events topic. A handler that has nothing
+to report yet (e.g. a Cloud Build whose completion arrives on ``cloud-builds``) returns ``[]``.
+Failures are ``HandlerError``s: ``retryable=False`` fails the run with the message, anything
+else is retried with backoff and then fails the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+    from machines.architecture import Architecture
+
+
+@dataclass(frozen=True)
+class Outcome:
+    type: str
+    item: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EffectContext:
+    run_id: str
+    effect_id: str
+    kind: str
+    item: str | None
+    params: Mapping[str, Any]
+    attempt: int
+    run: Mapping[str, Any]  # the run document as it was when the effect was leased
+    settings: Settings
+
+    @cached_property
+    def architecture(self) -> Architecture:
+        from machines.architecture import Architecture
+
+        return Architecture.model_validate(self.run["architecture"])
+
+    @property
+    def source_root(self) -> Path:
+        return Path(self.run.get("source_root") or self.settings.source_root)
+
+    @property
+    def outputs(self) -> Mapping[str, Any]:
+        return self.run.get("outputs") or {}
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.run.get("trace_id")
+
+
+Handler = Callable[[EffectContext], Sequence[Outcome]]
+
+# The failure event each effect kind reports when its handler gives up.
+FAILURE_EVENT: dict[str, str] = {
+    "configgen": "config.failed",
+    "preflight": "preflight.failed",
+    "iam.provision": "iam.failed",
+    "iam.verify": "iam.failed",
+    "iam.bind": "iam.failed",
+    "build": "build.failed",
+    "deploy": "deploy.failed",
+    "director.command": "director.failed",
+}

@@ -1,0 +1,66 @@
+"""One error root for Podium, with retryability carried on the error itself.
+
+Callers never guess whether to retry: they read ``err.retryable``. Pure code raises
+these; the daemon decides ack/nack/record from the flag.
+"""
+
+from __future__ import annotations
+
+
+class PodiumError(Exception):
+    """Root of every error Podium raises on purpose."""
+
+    retryable: bool = False
+    reason: str = "error"
+
+    def __init__(self, message: str, *, retryable: bool | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+        if reason is not None:
+            self.reason = reason
+
+    def as_dict(self) -> dict[str, object]:
+        return {"reason": self.reason, "message": self.message, "retryable": self.retryable}
+
+
+class InvalidArchitecture(PodiumError):
+    """The architecture file does not validate. Carries every problem found, with its path."""
+
+    reason = "invalid_architecture"
+
+    def __init__(self, problems: list[str], *, source: str = "<architecture>"):
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
+
+
+class InvalidMessage(PodiumError):
+    """A message could not be understood (not JSON, unknown command, schema violation)."""
+
+    reason = "invalid_message"
+
+
+class UnknownRun(PodiumError):
+    reason = "unknown_run"
+
+
+class TransientError(PodiumError):
+    """Something outside us is briefly unavailable; try again later."""
+
+    retryable = True
+    reason = "transient"
+
+
+class HandlerError(PodiumError):
+    """A side effect failed. ``retryable`` says whether running it again may help."""
+
+    reason = "handler_failed"
+
+
+class EmulatorError(PodiumError):
+    """An emulator (or Java) is missing or did not start."""
+
+    reason = "emulator"

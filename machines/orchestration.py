@@ -1,0 +1,538 @@
+"""The orchestration state machine (DESIGN.md §7). Pure: no I/O, the clock is passed in.
+
+``decide(run, event, now)`` is the one seam: a run snapshot and an event go in, a
+``Decision`` (the new snapshot, the effects to schedule, the outcome for the audit log)
+comes out. It never raises for a bad or late event: those come back as ``ignored``.
+
+One ``transitions.Machine`` is shared by every run. A lightweight ``_RunModel`` is attached
+for one decision and detached right after, under a lock, so the callback threads of the
+Pub/Sub client can call ``decide`` concurrently.
+
+The parallel part (IAM ∥ builds) is modelled as data, not as parallel states, so ``state``
+stays one string: builds are scheduled together with IAM, their items live in
+``progress.build``, and the string state names the branch that still holds the run back
+(``provisioning_iam``/``verifying_iam`` while IAM is pending, ``building`` once only builds are).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from transitions import Machine, MachineError
+
+from machines.messages import EffectSpec, Event, RunError, RunState, Timer
+
+ACTIVE_STATES: tuple[str, ...] = (
+    "pending",
+    "generating_config",
+    "preflight",
+    "provisioning_iam",
+    "verifying_iam",
+    "building",
+    "deploying_director",
+    "awaiting_director",
+    "provisioning_dataflows",
+    "verifying_dataflow_iam",
+    "deploying_services",
+    "dependent_setup",
+)
+TERMINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+STATES: tuple[str, ...] = ACTIVE_STATES + TERMINAL_STATES
+STATUS_OF_TERMINAL = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
+
+# Where each per-item event type records its item, by the state it arrives in.
+_ITEM_PHASE: dict[tuple[str, str], str] = {
+    ("preflight_passed", "preflight"): "preflight",
+    ("build_succeeded", "provisioning_iam"): "build",
+    ("build_succeeded", "verifying_iam"): "build",
+    ("build_succeeded", "building"): "build",
+    ("deploy_succeeded", "deploying_director"): "director",
+    ("deploy_succeeded", "deploying_services"): "deploy",
+    ("director_dataflow_complete", "provisioning_dataflows"): "dataflows",
+    ("director_dependent_complete", "dependent_setup"): "dependent",
+}
+# The phase whose items gate each fan-in state's ``advance``.
+_FAN_IN_PHASE = {
+    "preflight": "preflight",
+    "building": "build",
+    "provisioning_dataflows": "dataflows",
+    "deploying_services": "deploy",
+    "dependent_setup": "dependent",
+}
+_FAILURE_TRIGGERS = (
+    "config_failed",
+    "preflight_failed",
+    "iam_failed",
+    "build_failed",
+    "deploy_failed",
+    "director_failed",
+)
+
+DEFAULT_LIMITS: dict[str, float] = {
+    "state_timeout": 1800.0,  # any state without a more specific budget
+    "timeout_generating_config": 300.0,
+    "timeout_preflight": 900.0,
+    "timeout_deploying_director": 600.0,
+    "timeout_provisioning_dataflows": 900.0,
+    "timeout_deploying_services": 900.0,
+    "timeout_dependent_setup": 600.0,
+    "iam_budget": 600.0,  # IAM may take 2-7 minutes to propagate
+    "iam_poll_initial": 1.0,
+    "iam_poll_max": 30.0,
+    "director_budget": 60.0,
+    "director_ping_interval": 2.0,
+}
+
+
+def trigger_name(event_type: str) -> str:
+    return event_type.replace(".", "_")
+
+
+@dataclass
+class Decision:
+    """What one event does to one run."""
+
+    outcome: str  # applied | ignored
+    from_state: str
+    to_state: str
+    run: RunState
+    effects: list[EffectSpec] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome == "applied"
+
+
+class _RunModel:
+    """The object ``transitions`` drives for one decision. Holds a private copy of the run."""
+
+    def __init__(self, run: RunState, event: Event, now: datetime) -> None:
+        self.state = run.state
+        self.run = run
+        self.event = event
+        self.now = now
+        self.effects: list[EffectSpec] = []
+        self.notes: list[str] = []
+
+    # ---- helpers used by callbacks -------------------------------------------------
+    def limit(self, key: str) -> float:
+        if key in self.run.limits:
+            return float(self.run.limits[key])
+        return DEFAULT_LIMITS.get(key, DEFAULT_LIMITS["state_timeout"])
+
+    def effect(self, kind: str, item: str | None = None, suffix: str = "", **params: Any) -> None:
+        effect_id = f"{kind}:{item or '-'}:a{self.run.attempt}{suffix}"
+        self.effects.append(EffectSpec(effect_id=effect_id, kind=kind, item=item, params=params))
+
+    def set_timer(self, purpose: str, delay: float, attempt: int = 0, started_at: datetime | None = None) -> None:
+        self.run.timer_seq += 1
+        self.run.timer = Timer(
+            purpose=purpose, seq=self.run.timer_seq, attempt=attempt, started_at=started_at or self.now
+        )
+        self.run.wake_at = self.now + timedelta(seconds=delay)
+
+    def clear_timer(self) -> None:
+        self.run.timer = None
+        self.run.wake_at = None
+
+    def items(self, phase: str) -> dict[str, str]:
+        return self.run.progress.setdefault(phase, {})
+
+    def open_phase(self, phase: str, names: list[str]) -> dict[str, str]:
+        """Create the phase's item map, keeping what already succeeded (a retry redrives the rest)."""
+        items = self.items(phase)
+        for name in names:
+            if items.get(name) != "succeeded":
+                items[name] = "pending"
+        return items
+
+    def pending(self, phase: str) -> list[str]:
+        return sorted(k for k, v in self.items(phase).items() if v != "succeeded")
+
+    def command_id(self, instruction: str, target: str, suffix: str = "") -> str:
+        return f"{self.run.run_id}:{instruction}:{target}:a{self.run.attempt}{suffix}"
+
+    # ---- conditions ---------------------------------------------------------------
+    def phase_complete(self, _event: Any = None) -> bool:
+        phase = _FAN_IN_PHASE.get(self.state)
+        return phase is not None and not self.pending(phase)
+
+    def timer_exhausted(self, _event: Any = None) -> bool:
+        timer = self.run.timer
+        if timer is None:
+            return False
+        if timer.purpose == "timeout":
+            return True
+        budget = self.limit("iam_budget" if timer.purpose.startswith("iam") else "director_budget")
+        return (self.now - timer.started_at).total_seconds() >= budget
+
+    def __getattr__(self, name: str) -> Any:
+        # Conditions of the retry edges: ``failed_in_<state>`` (one per state, named in the graph).
+        if name.startswith("failed_in_"):
+            target = name.removeprefix("failed_in_")
+            return lambda _event=None: self.run.failed_state == target
+        raise AttributeError(name)
+
+    # ---- state entry: schedule the state's effects and its deadline --------------
+    def on_enter_state(self, _event: Any = None) -> None:
+        seq_before = self.run.timer_seq
+        handler = getattr(self, f"_enter_{self.state}", None)
+        if handler is not None:
+            handler()
+        if self.state in TERMINAL_STATES:
+            self.clear_timer()
+            self.run.status = STATUS_OF_TERMINAL[self.state]  # type: ignore[assignment]
+        elif self.run.timer_seq == seq_before:  # no poll timer was set: guard the state with a deadline
+            self.set_timer("timeout", self.limit(f"timeout_{self.state}"))
+
+    def _enter_generating_config(self) -> None:
+        self.effect("configgen")
+
+    def _enter_preflight(self) -> None:
+        self.open_phase("preflight", self.run.plan.get("all_services", []))
+        for name in self.pending("preflight"):
+            self.effect("preflight", name)
+
+    def _schedule_builds(self) -> None:
+        self.open_phase("build", self.run.plan.get("all_services", []))
+        for name in self.pending("build"):
+            self.effect("build", name)
+
+    def _enter_provisioning_iam(self) -> None:
+        iam = self.items("iam")
+        iam.setdefault("accounts", "pending")
+        iam.setdefault("accounts_verified", "pending")
+        if iam["accounts"] != "succeeded":
+            self.effect("iam.provision", "accounts")
+        self._schedule_builds()
+
+    def _enter_verifying_iam(self) -> None:
+        self.items("iam")["accounts"] = "succeeded"
+        self._poll_iam("accounts", attempt=0, started_at=self.now)
+        if self.event.type != "iam.accounts_created":  # a retry re-enters here: redrive builds too
+            self._schedule_builds()
+
+    def _poll_iam(self, phase: str, attempt: int, started_at: datetime) -> None:
+        self.effect("iam.verify", phase, suffix=f":p{attempt}")
+        delay = min(self.limit("iam_poll_initial") * (2**attempt), self.limit("iam_poll_max"))
+        self.set_timer(f"iam.{phase}", delay, attempt=attempt, started_at=started_at)
+
+    def _enter_building(self) -> None:
+        self.items("iam")["accounts_verified"] = "succeeded"
+        for name in self.pending("build"):
+            if self.event.type == "command.retry" or self.items("build")[name] == "failed":
+                self.items("build")[name] = "pending"
+                self.effect("build", name)
+
+    def _enter_deploying_director(self) -> None:
+        director = self.run.plan["director"]
+        items = self.items("director")
+        items.setdefault("deploy", "pending")
+        items.setdefault("ready", "pending")
+        if items["deploy"] != "succeeded":
+            self.effect("deploy", director)
+        else:  # already deployed on an earlier attempt: skip straight to the handshake
+            self.notes.append("director already deployed")
+
+    def _enter_awaiting_director(self) -> None:
+        self.items("director")["deploy"] = "succeeded"
+        self._ping_director(attempt=0, started_at=self.now)
+
+    def _ping_director(self, attempt: int, started_at: datetime) -> None:
+        command_id = self.command_id("ping", self.run.plan["director"], f":p{attempt}")
+        self.effect("director.command", "ping", suffix=f":p{attempt}", instruction="ping", command_id=command_id)
+        self.set_timer("director.ready", self.limit("director_ping_interval"), attempt, started_at)
+
+    def _enter_provisioning_dataflows(self) -> None:
+        self.items("director")["ready"] = "succeeded"
+        self.open_phase("dataflows", self.run.plan.get("dataflows", []))
+        for name in self.pending("dataflows"):
+            self.effect(
+                "director.command",
+                name,
+                instruction="dataflow-setup",
+                dataflow=name,
+                command_id=self.command_id("dataflow-setup", name),
+            )
+
+    def _enter_verifying_dataflow_iam(self) -> None:
+        iam = self.items("iam")
+        iam["bindings"] = "pending"
+        iam["bindings_verified"] = "pending"
+        self.effect("iam.bind", "resources")
+
+    def _enter_deploying_services(self) -> None:
+        self.items("iam")["bindings_verified"] = "succeeded"
+        self.open_phase("deploy", self.run.plan.get("services", []))
+        for name in self.pending("deploy"):
+            self.effect("deploy", name)
+
+    def _enter_dependent_setup(self) -> None:
+        self.open_phase("dependent", self.run.plan.get("app_dataflows", []))
+        for name in self.pending("dependent"):
+            self.effect(
+                "director.command",
+                name,
+                suffix=":dependent",
+                instruction="dependent-resource-setup",
+                dataflow=name,
+                command_id=self.command_id("dependent-resource-setup", name),
+            )
+
+    # ---- internal transitions' actions --------------------------------------------
+    def on_bindings_applied(self, _event: Any = None) -> None:
+        self.items("iam")["bindings"] = "succeeded"
+        self._poll_iam("resources", attempt=0, started_at=self.now)
+
+    def on_timer(self, _event: Any = None) -> None:
+        timer = self.run.timer
+        assert timer is not None  # guarded by decide()
+        if timer.purpose == "iam.accounts":
+            self._poll_iam("accounts", timer.attempt + 1, timer.started_at)
+        elif timer.purpose == "iam.resources":
+            self._poll_iam("resources", timer.attempt + 1, timer.started_at)
+        elif timer.purpose == "director.ready":
+            self._ping_director(timer.attempt + 1, timer.started_at)
+
+    def on_fail(self, event: Any = None) -> None:
+        failed_in = event.transition.source if event is not None else self.state
+        self._source_state = failed_in
+        self.run.failed_state = failed_in
+        self.run.error = RunError(state=failed_in, reason=self._failure_reason(), message=self._failure_message())
+
+    def on_cancel(self, _event: Any = None) -> None:
+        self.run.error = None
+
+    def on_retry(self, _event: Any = None) -> None:
+        self.run.attempt += 1
+        self.run.error = None
+        self.run.status = "running"
+        for phase in self.run.progress.values():
+            for name, status in phase.items():
+                if status == "failed":
+                    phase[name] = "pending"
+
+    _source_state = ""
+
+    def _failure_reason(self) -> str:
+        if self.event.type == "timer.fired":
+            return "timeout"
+        return self.event.type.replace(".", "_")
+
+    def _failure_message(self) -> str:
+        event = self.event
+        if event.type == "timer.fired":
+            timer = self.run.timer
+            waited = (self.now - timer.started_at).total_seconds() if timer else 0.0
+            if timer and timer.purpose.startswith("iam"):
+                return (
+                    f"IAM changes were not visible after {waited:.0f} s ({timer.attempt + 1} checks); "
+                    "IAM can take up to 7 minutes: raise the budget or retry"
+                )
+            if timer and timer.purpose == "director.ready":
+                return f"the ServiceDirector did not answer ping within {waited:.0f} s ({timer.attempt + 1} pings)"
+            return f"state '{self._source_state}' timed out after {waited:.0f} s"
+        what = event.data.get("error") or event.data.get("message") or "no detail given"
+        who = f" ({event.item})" if event.item else ""
+        return f"{event.type}{who}: {what}"
+
+
+def transition_table() -> list[dict[str, Any]]:
+    """The machine's edges, shared by ``MACHINE`` and ``podium graph``."""
+    active = list(ACTIVE_STATES)
+    t: list[dict[str, Any]] = [
+        {"trigger": "command_start", "source": "pending", "dest": "generating_config"},
+        {"trigger": "config_generated", "source": "generating_config", "dest": "preflight"},
+        {"trigger": "preflight_passed", "source": "preflight", "dest": None},
+        {"trigger": "iam_accounts_created", "source": "provisioning_iam", "dest": "verifying_iam"},
+        {"trigger": "iam_verified", "source": "verifying_iam", "dest": "building"},
+        {"trigger": "build_succeeded", "source": ["provisioning_iam", "verifying_iam", "building"], "dest": None},
+        {"trigger": "deploy_succeeded", "source": "deploying_director", "dest": "awaiting_director"},
+        {"trigger": "director_ready", "source": "awaiting_director", "dest": "provisioning_dataflows"},
+        {"trigger": "director_dataflow_complete", "source": "provisioning_dataflows", "dest": None},
+        {
+            "trigger": "iam_bindings_applied",
+            "source": "verifying_dataflow_iam",
+            "dest": None,
+            "after": "on_bindings_applied",
+        },
+        {"trigger": "iam_verified", "source": "verifying_dataflow_iam", "dest": "deploying_services"},
+        {"trigger": "deploy_succeeded", "source": "deploying_services", "dest": None},
+        {"trigger": "director_dependent_complete", "source": "dependent_setup", "dest": None},
+        # Fan-in joins: tried after every applied event; pass when the phase's last item reported.
+        {"trigger": "advance", "source": "preflight", "dest": "provisioning_iam", "conditions": "phase_complete"},
+        {"trigger": "advance", "source": "building", "dest": "deploying_director", "conditions": "phase_complete"},
+        {
+            "trigger": "advance",
+            "source": "provisioning_dataflows",
+            "dest": "verifying_dataflow_iam",
+            "conditions": "phase_complete",
+        },
+        {
+            "trigger": "advance",
+            "source": "deploying_services",
+            "dest": "dependent_setup",
+            "conditions": "phase_complete",
+        },
+        {"trigger": "advance", "source": "dependent_setup", "dest": "succeeded", "conditions": "phase_complete"},
+        # Deadlines: a poll budget or a state timeout that ran out fails the run; else poll again.
+        {"trigger": "timer_fired", "source": active, "dest": "failed", "conditions": "timer_exhausted"},
+        {"trigger": "timer_fired", "source": active, "dest": None, "after": "on_timer"},
+        {"trigger": "command_cancel", "source": active, "dest": "cancelled", "before": "on_cancel"},
+    ]
+    t += [{"trigger": f, "source": active, "dest": "failed"} for f in _FAILURE_TRIGGERS]
+    # Redrive: back to the state that failed (one edge per state keeps the graph honest).
+    t += [
+        {
+            "trigger": "command_retry",
+            "source": "failed",
+            "dest": state,
+            "conditions": f"failed_in_{state}",
+            "before": "on_retry",
+        }
+        for state in ACTIVE_STATES
+        if state != "pending"
+    ]
+    return t
+
+
+_LOCK = threading.Lock()
+
+
+def _build_machine() -> Machine:
+    machine = Machine(
+        model=[],
+        states=[{"name": s, "on_enter": "on_enter_state"} for s in STATES],
+        transitions=transition_table(),
+        initial="pending",
+        auto_transitions=False,
+        ignore_invalid_triggers=False,
+        send_event=True,
+    )
+    # Failure edges record the error before the state changes.
+    for trig in (*_FAILURE_TRIGGERS, "timer_fired"):
+        for transition_list in machine.events[trig].transitions.values():
+            for tr in transition_list:
+                if tr.dest == "failed":
+                    tr.before.append("on_fail")
+    return machine
+
+
+MACHINE: Machine = _build_machine()
+
+
+def admits(state: str, event_type: str) -> bool:
+    event = MACHINE.events.get(trigger_name(event_type))
+    return event is not None and state in event.transitions
+
+
+def _ignored(run: RunState, event: Event, why: str) -> Decision:
+    return Decision("ignored", run.state, run.state, run, [], why)
+
+
+def decide(run: RunState, event: Event, now: datetime) -> Decision:
+    """Apply one event to a run snapshot. Pure; never raises for bad or late events."""
+    run = run.model_copy(deep=True)
+    state = run.state
+    trig = trigger_name(event.type)
+    if not admits(state, event.type):
+        return _ignored(run, event, f"{event.type} is not expected in state '{state}'")
+
+    if event.type == "timer.fired":
+        if run.timer is None or event.data.get("seq") != run.timer.seq:
+            return _ignored(run, event, "stale timer")
+
+    phase = _ITEM_PHASE.get((trig, state))
+    if phase is not None:
+        items = run.progress.get(phase, {})
+        key = event.item
+        if phase == "director":
+            if event.item != run.plan.get("director"):
+                return _ignored(run, event, f"deploy of {event.item!r} is not the director")
+            key = "deploy"
+        if key not in items:
+            return _ignored(run, event, f"{event.item!r} is not an item of phase '{phase}'")
+        if items[key] == "succeeded":
+            return _ignored(run, event, f"{event.item!r} already succeeded in phase '{phase}'")
+        items[key] = "succeeded"
+        _record_outputs(run, event)
+    elif event.type.endswith(".failed"):
+        _record_item_failure(run, event)
+    elif event.type == "iam.accounts_created":
+        _record_outputs(run, event)
+
+    model = _RunModel(run, event, now)
+    model._source_state = state
+    with _LOCK:
+        MACHINE.add_model(model, initial=state)
+        try:
+            fired = model.trigger(trig)  # type: ignore[attr-defined]
+            while fired and model.state in _FAN_IN_PHASE:
+                model._source_state = model.state
+                if not model.may_advance():  # type: ignore[attr-defined]
+                    break
+                model.advance()  # type: ignore[attr-defined]
+        except MachineError as exc:  # a guard refused every edge: nothing changes
+            return _ignored(run, event, str(exc.value))
+        finally:
+            MACHINE.remove_model(model)
+    if not fired:
+        return _ignored(run, event, f"{event.type} changed nothing in state '{state}'")
+    model.run.state = model.state
+    detail = f"{state} -> {model.state}" if model.state != state else f"recorded in '{state}'"
+    if model.notes:
+        detail += "; " + "; ".join(model.notes)
+    return Decision("applied", state, model.state, model.run, model.effects, detail)
+
+
+def _record_outputs(run: RunState, event: Event) -> None:
+    data: Mapping[str, Any] = event.data
+    if event.type == "build.succeeded" and "image" in data:
+        run.outputs.setdefault("images", {})[event.item or ""] = data["image"]
+    elif event.type == "deploy.succeeded" and "url" in data:
+        if event.item == run.plan.get("director"):
+            run.outputs.setdefault("director", {})["url"] = data["url"]
+        run.outputs.setdefault("urls", {})[event.item or ""] = data["url"]
+    elif event.type == "iam.accounts_created":
+        run.outputs["service_accounts"] = dict(data.get("service_accounts", {}))
+
+
+_FAILURE_PHASE = {
+    "preflight.failed": "preflight",
+    "build.failed": "build",
+    "deploy.failed": "deploy",
+}
+
+
+def _record_item_failure(run: RunState, event: Event) -> None:
+    phase = _FAILURE_PHASE.get(event.type)
+    if event.type == "deploy.failed" and event.item == run.plan.get("director"):
+        run.progress.setdefault("director", {})["deploy"] = "failed"
+    elif phase and event.item in run.progress.get(phase, {}):
+        run.progress[phase][event.item] = "failed"
+
+
+def start_run(run_id: str, plan: Mapping[str, Any], limits: Mapping[str, float], now: datetime) -> Decision:
+    """The first decision of a run: ``pending`` -> ``generating_config``."""
+    run = RunState(run_id=run_id, plan=dict(plan), limits=dict(limits), created_at=now, updated_at=now)
+    event = Event(run_id=run_id, event_id="start", type="command.start")
+    return decide(run, event, now)
+
+
+def failed_run(run_id: str, reason: str, message: str, now: datetime) -> RunState:
+    """A run that could not start (e.g. an invalid architecture): recorded, never dropped."""
+    return RunState(
+        run_id=run_id,
+        state="failed",
+        status="failed",
+        version=1,
+        error=RunError(state="pending", reason=reason, message=message),
+        failed_state=None,
+        created_at=now,
+        updated_at=now,
+    )
