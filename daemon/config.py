@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PODIUM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PODIUM_", extra="ignore", populate_by_name=True)
 
     project: str = Field(
         default="podium-local",
@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     preflight_timeout_seconds: float = 120.0
     build_concurrency: int = 4
     max_delivery_attempts: int = 5
+    ack_deadline_seconds: int = 60  # how soon a dead replica's unacked messages come back
     port: int = Field(default=8080, validation_alias=AliasChoices("PORT", "PODIUM_PORT"))
     log_format: Literal["console", "json", "auto"] = "auto"
 

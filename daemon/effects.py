@@ -25,7 +25,7 @@ from daemon.config import Settings
 from daemon.faults import crash_point
 from daemon.store import Applied, RunStore
 from handlers.base import FAILURE_EVENT, EffectContext, Handler, Outcome
-from machines.errors import PodiumError
+from machines.errors import NotReady, PodiumError
 from machines.messages import Event
 
 log = structlog.get_logger("podium.effects")
@@ -141,6 +141,10 @@ class EffectRunner:
                 log.info("effect started", kind=kind, item=ctx.item, attempt=attempts)
                 outcomes = handler(ctx)
                 crash_point("mid_effect", kind)
+            except NotReady as exc:
+                log.info("effect not ready yet", detail=exc.message[:200], recheck_in_s=exc.retry_after)
+                self.store.effect_retry_later(ctx.run_id, ctx.effect_id, exc.retry_after, exc.message, count=False)
+                return
             except PodiumError as exc:
                 if exc.retryable and attempts + 1 < MAX_ATTEMPTS:
                     return self._retry_later(ctx, exc.message, attempts)

@@ -8,7 +8,6 @@ failure: Pub/Sub redelivers and finally dead-letters).
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,7 +151,7 @@ class Engine:
         trace_id = command.trace_id or msg.attributes.get("trace_id")
         extra: dict[str, Any] = {"source_root": source_root, "trace_id": trace_id}
         try:
-            prepared = prepare_architecture(command)
+            prepared = prepare_architecture(command, default_project=self.settings.project)
         except InvalidArchitecture as exc:
             # The run exists, failed, with every problem listed: the user watching it sees why.
             return self.store.start(
@@ -178,8 +177,11 @@ class PreparedArchitecture:
     plan: dict[str, Any]
 
 
-def prepare_architecture(command: StartCommand) -> PreparedArchitecture:
-    """Validate and hydrate the architecture of a start command (pure; raises InvalidArchitecture)."""
+def prepare_architecture(command: StartCommand, default_project: str) -> PreparedArchitecture:
+    """Validate and hydrate the architecture of a start command (pure; raises InvalidArchitecture).
+
+    A file without ``project_id`` deploys to the daemon's project (``PODIUM_PROJECT``).
+    """
     from machines.architecture import Architecture, load_architecture
     from machines.hydration import all_services, hydrate
 
@@ -191,6 +193,8 @@ def prepare_architecture(command: StartCommand) -> PreparedArchitecture:
             arch = Architecture.from_dict(command.architecture or {}, source=source)
         except ValidationError as exc:  # defensive: from_dict should already wrap these
             raise InvalidArchitecture([str(exc)], source=source) from exc
+    if not arch.project_id:
+        arch = arch.model_copy(update={"project_id": default_project})
     hydrated = hydrate(arch)
     services = all_services(hydrated)
     director = hydrated.service_manager_spec.name
@@ -203,4 +207,4 @@ def prepare_architecture(command: StartCommand) -> PreparedArchitecture:
         "dataflows": dataflows,
         "app_dataflows": [d for d in dataflows if d != infra],
     }
-    return PreparedArchitecture(hydrated.name, json.loads(hydrated.model_dump_json(exclude_none=True)), plan)
+    return PreparedArchitecture(hydrated.name, hydrated.to_dict(), plan)

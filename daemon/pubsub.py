@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -23,10 +24,8 @@ def sub_path(project: str, sub: str) -> str:
 
 
 def ensure_topic(publisher: pubsub_v1.PublisherClient, project: str, topic: str) -> None:
-    try:
+    with contextlib.suppress(gexc.AlreadyExists):
         publisher.create_topic(request={"name": topic_path(project, topic)})
-    except gexc.AlreadyExists:
-        pass
 
 
 def ensure_subscription(
@@ -55,10 +54,8 @@ def ensure_subscription(
             "dead_letter_topic": topic_path(project, dead_letter_topic),
             "max_delivery_attempts": max_delivery_attempts,
         }
-    try:
+    with contextlib.suppress(gexc.AlreadyExists):
         subscriber.create_subscription(request=request)
-    except gexc.AlreadyExists:
-        pass
 
 
 def ensure_daemon_plumbing(settings: Settings) -> None:
@@ -75,11 +72,12 @@ def ensure_daemon_plumbing(settings: Settings) -> None:
         ensure_subscription(
             subscriber, p, settings.commands_topic, settings.commands_subscription,
             dead_letter_topic=settings.dead_letter_topic, max_delivery_attempts=settings.max_delivery_attempts,
+            ack_deadline=settings.ack_deadline_seconds,
         )
         ensure_subscription(
             subscriber, p, settings.events_topic, settings.events_subscription,
             dead_letter_topic=settings.dead_letter_topic, max_delivery_attempts=settings.max_delivery_attempts,
-            ordering=True,
+            ordering=True, ack_deadline=settings.ack_deadline_seconds,
         )
     finally:
         subscriber.close()

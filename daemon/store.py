@@ -10,6 +10,7 @@ the transaction applying an effect's outcome event marks it done: no extra round
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -80,6 +81,12 @@ class RunStore:
         self.runs = client.collection(collection)
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
+        # Transactions on one run are serialised inside this replica: the Firestore emulator (and
+        # Firestore's pessimistic mode) would otherwise make them wait on each other's locks.
+        self._stripes = [threading.Lock() for _ in range(64)]
+
+    def _serial(self, run_id: str) -> threading.Lock:
+        return self._stripes[hash(run_id) % len(self._stripes)]
 
     # ---- reads -----------------------------------------------------------------------
     def get(self, run_id: str) -> dict[str, Any] | None:
@@ -145,7 +152,8 @@ class RunStore:
             self._write_effects(transaction, run_ref, decision.effects, now)
             return Applied("applied", run_id, decision.detail, decision, decision.effects, doc)
 
-        return tx(self.client.transaction())
+        with self._serial(run_id):
+            return tx(self.client.transaction())
 
     def apply(self, event: Event, message_id: str) -> Applied:
         """Apply one event to its run in one transaction."""
@@ -190,7 +198,8 @@ class RunStore:
             self._mark_done(transaction, run_ref, effect_id, now)
             return Applied(decision.outcome, event.run_id, decision.detail, decision, decision.effects, doc)
 
-        return tx(self.client.transaction())
+        with self._serial(event.run_id):
+            return tx(self.client.transaction())
 
     def _write_effects(
         self, transaction: firestore.Transaction, run_ref: Any, effects: Sequence[EffectSpec], now: datetime
@@ -256,15 +265,12 @@ class RunStore:
             {"status": "done", "done_at": utcnow()}, merge=True
         )
 
-    def effect_retry_later(self, run_id: str, effect_id: str, delay: float, error: str) -> None:
+    def effect_retry_later(self, run_id: str, effect_id: str, delay: float, error: str, count: bool = True) -> None:
         """Leave the effect pending with a lease that expires after the backoff: the sweep re-drives it."""
-        self.runs.document(run_id).collection(EFFECTS).document(effect_id).update(
-            {
-                "lease_expires": utcnow() + timedelta(seconds=delay),
-                "attempts": firestore.Increment(1),
-                "last_error": error[:2000],
-            }
-        )
+        update: dict[str, Any] = {"lease_expires": utcnow() + timedelta(seconds=delay), "last_error": error[:2000]}
+        if count:
+            update["attempts"] = firestore.Increment(1)
+        self.runs.document(run_id).collection(EFFECTS).document(effect_id).update(update)
 
     def expired_effects(self, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
         query = (
@@ -276,24 +282,32 @@ class RunStore:
         return [d.to_dict() | {"path": d.reference.path} for d in query.stream()]
 
     def claim_effect(self, run_id: str, effect_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Take over an effect whose lease expired. Returns (effect, run document) or None if lost."""
+        """Take over an effect whose lease expired. Returns (effect, run document) or None if lost.
+
+        Only the effect is read in the transaction: locking the run document here would
+        contend with the transactions applying that run's events.
+        """
         run_ref = self.runs.document(run_id)
         ref = run_ref.collection(EFFECTS).document(effect_id)
 
         @firestore.transactional
-        def tx(transaction: firestore.Transaction) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        def tx(transaction: firestore.Transaction) -> dict[str, Any] | None:
             now = utcnow()
-            snaps = {s.reference.path: s for s in transaction.get_all([ref, run_ref])}
-            eff, run = snaps[ref.path], snaps[run_ref.path]
-            if not eff.exists or not run.exists:
+            eff = ref.get(transaction=transaction)
+            if not eff.exists:
                 return None
             data = eff.to_dict() or {}
             if data.get("status") != "pending" or data["lease_expires"] > now:
                 return None
             transaction.update(ref, {"owner": self.owner, "lease_expires": now + self.lease})
-            return data, run.to_dict() or {}
+            return data
 
-        return tx(self.client.transaction())
+        with self._serial(run_id):
+            claimed = tx(self.client.transaction())
+        if claimed is None:
+            return None
+        run = run_ref.get()
+        return (claimed, run.to_dict() or {}) if run.exists else None
 
     def extend_leases(self, keys: Iterable[tuple[str, str]]) -> None:
         batch = self.client.batch()

@@ -871,6 +871,15 @@ def _name(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _well_formed(value: Any, container: type) -> bool:
+    """``None`` or a ``container`` whose entries (values of a map, items of a list) are mappings."""
+    if value is None:
+        return True
+    if container is list:
+        return isinstance(value, list | tuple) and all(isinstance(v, Mapping) for v in value)
+    return isinstance(value, Mapping) and all(isinstance(v, Mapping) for v in value.values())
+
+
 def _suggest(name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -912,12 +921,25 @@ def _cross_check(doc: Mapping[str, Any]) -> list[str]:
     dataflows = _as_map(doc.get("dataflows"))
 
     # Services: keys equal names, unique across dataflows and distinct from the director.
+    # When a list or map of declarations is itself malformed, links into it cannot be judged:
+    # those checks are skipped rather than adding consequences of the schema problem.
+    services_known = True
+    topics_known = True
     services: dict[str, Loc] = {}
     if sd_name:
         services[sd_name] = ("service_manager_spec",)
+    if not isinstance(doc.get("dataflows"), Mapping | None):
+        services_known = topics_known = False
     for df_key, df in dataflows.items():
         if not isinstance(df, Mapping):
+            services_known = topics_known = False
             continue
+        if not _well_formed(df.get("services"), Mapping):
+            services_known = False
+        if not _well_formed(_as_map(df.get("resources")).get("topics"), list) or not isinstance(
+            df.get("resources"), Mapping | None
+        ):
+            topics_known = False
         explicit = _name(df.get("name"))
         if explicit is not None and explicit != df_key:
             problem(
@@ -926,6 +948,7 @@ def _cross_check(doc: Mapping[str, Any]) -> list[str]:
             )
         for s_key, svc in _as_map(df.get("services")).items():
             if not isinstance(svc, Mapping):
+                services_known = False
                 continue
             loc: Loc = ("dataflows", df_key, "services", s_key)
             s_name = _name(svc.get("name"))
@@ -934,13 +957,14 @@ def _cross_check(doc: Mapping[str, Any]) -> list[str]:
                     (*loc, "name"),
                     f"name {s_name!r} does not match its key {s_key!r} (a service's name is its key)",
                 )
-            if "deployment" not in svc or svc.get("deployment") is None:
+                services.setdefault(str(s_key), loc)  # links may use either name meanwhile
+            if svc.get("deployment") is None:
                 problem(
                     (*loc, "deployment"),
                     "required field is missing (every dataflow service needs a deployment with a source_path)",
                 )
             name = s_name or str(s_key)
-            if name in services:
+            if name in services and services[name] != loc:
                 first = services[name]
                 where = (
                     "is the ServiceDirector's name"
@@ -1006,7 +1030,7 @@ def _cross_check(doc: Mapping[str, Any]) -> list[str]:
 
     def check_service(loc: Loc, name: Any, what: str = "service") -> None:
         n = _name(name)
-        if n is not None and n not in services:
+        if n is not None and n not in services and services_known:
             problem(loc, f"{what} {n!r} is not declared in any dataflow{_suggest(n, services)}")
 
     def check_mapping(loc: Loc, mapping: Any) -> None:
@@ -1035,7 +1059,7 @@ def _cross_check(doc: Mapping[str, Any]) -> list[str]:
                 (*base, "subscriptions", i, "consumer_service"), sub.get("consumer_service")
             )
             t_name = _name(sub.get("topic"))
-            if t_name is not None and t_name not in known_topics:
+            if t_name is not None and t_name not in known_topics and topics_known:
                 problem(
                     (*base, "subscriptions", i, "topic"),
                     f"topic {t_name!r} is not declared in any dataflow{_suggest(t_name, known_topics)}",

@@ -64,3 +64,19 @@ class EmulatorError(PodiumError):
     """An emulator (or Java) is missing or did not start."""
 
     reason = "emulator"
+
+
+class NotReady(PodiumError):
+    """The work was started but is not finished (an LRO, a process still starting).
+
+    The effect runner re-checks it after ``retry_after`` seconds through the effect's lease
+    (durable: a restarted daemon re-checks too), without counting it as a failed attempt.
+    The state's deadline bounds the wait.
+    """
+
+    retryable = True
+    reason = "not_ready"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after

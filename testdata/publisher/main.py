@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -105,12 +106,15 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s publisher %(levelname)s %(message)s"
     )
+    if not RESOURCES_FILE.is_file():
+        sys.exit(f"publisher: no resources.yaml at {RESOURCES_FILE} (config generation writes it)")
     lookups = load_lookups()
     if TOPIC_KEY not in lookups:
         raise SystemExit(f"publisher: {RESOURCES_FILE} has no lookup key {TOPIC_KEY!r}")
+    project = os.environ.get("PROJECT_ID") or sys.exit("publisher: PROJECT_ID is not set")
     service = os.environ.get("SERVICE_NAME", "publisher")
     interval = float(os.environ.get("PUBLISH_INTERVAL_SECONDS", "1.0"))
-    publisher = Publisher(os.environ["PROJECT_ID"], lookups[TOPIC_KEY], service)
+    publisher = Publisher(project, lookups[TOPIC_KEY], service)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -117,12 +118,15 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s subscriber %(levelname)s %(message)s"
     )
+    if not RESOURCES_FILE.is_file():
+        sys.exit(f"subscriber: no resources.yaml at {RESOURCES_FILE} (config generation writes it)")
     lookups = load_lookups()
     if SUBSCRIPTION_KEY not in lookups:
         raise SystemExit(f"subscriber: {RESOURCES_FILE} has no lookup key {SUBSCRIPTION_KEY!r}")
+    project = os.environ.get("PROJECT_ID") or sys.exit("subscriber: PROJECT_ID is not set")
     service = os.environ.get("SERVICE_NAME", "subscriber")
     subscription_path = pubsub_v1.SubscriberClient.subscription_path(
-        os.environ["PROJECT_ID"], lookups[SUBSCRIPTION_KEY]
+        project, lookups[SUBSCRIPTION_KEY]
     )
     counter = Counter()
 

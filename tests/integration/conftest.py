@@ -16,6 +16,7 @@ import pytest
 from google.cloud import firestore, pubsub_v1
 
 from daemon.config import Settings
+from daemon.pubsub import ensure_daemon_plumbing
 from daemon.server import Daemon
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +37,7 @@ def make_settings(project: str, unique: str, **overrides: Any) -> Settings:
         "sweep_interval_seconds": 0.3,
         "iam_budget_seconds": 30.0,
         "director_ready_budget_seconds": 10.0,
+        "ack_deadline_seconds": 10,
     }
     values.update(overrides)
     return Settings(**values)
@@ -58,6 +60,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "PODIUM_IAM_BUDGET_SECONDS": str(settings.iam_budget_seconds),
             "PODIUM_DIRECTOR_READY_BUDGET_SECONDS": str(settings.director_ready_budget_seconds),
             "PODIUM_LOCAL_IAM_DELAY_SECONDS": str(settings.local_iam_delay_seconds),
+            "PODIUM_ACK_DEADLINE_SECONDS": str(settings.ack_deadline_seconds),
             "PODIUM_PORT": "0",
             "PODIUM_LOG_FORMAT": "json",
         }
@@ -67,7 +70,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture
 def settings(emulators: Any, firestore_reset: None, project: str, unique: str) -> Settings:
-    return make_settings(project, unique)
+    s = make_settings(project, unique)
+    ensure_daemon_plumbing(s)  # as deploy/setup.sh does once per project
+    return s
 
 
 @pytest.fixture
