@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from handlers.base import EffectContext, Outcome
+from machines.errors import HandlerError
+
 Reason = Literal["passed", "failed", "timeout", "no_tests", "missing_dir"]
 
 OUTPUT_TAIL_CHARS = 4000
@@ -149,3 +152,20 @@ def run_preflight_all(
             pool.submit(run_preflight, name, path, timeout=timeout, env=env) for name, path in items
         ]
         return [f.result() for f in futures]
+
+
+def preflight_effect(ctx: EffectContext) -> Sequence[Outcome]:
+    """Effect kind ``preflight`` (one service): run its tests, report passed or failed with the tail."""
+    from machines.hydration import all_services, service_dir
+
+    service = ctx.item or ""
+    services = all_services(ctx.architecture)
+    if service not in services:
+        raise HandlerError(f"service {service!r} is not in the architecture", retryable=False)
+    _dataflow, spec = services[service]
+    result = run_preflight(service, service_dir(spec, ctx.source_root), timeout=ctx.settings.preflight_timeout_seconds)
+    data = {"reason": result.reason, "output_tail": result.output_tail[-2000:], "duration_s": result.duration_s}
+    if result.passed:
+        return [Outcome("preflight.passed", service, data)]
+    error = f"preflight of {service} {result.reason}: {result.output_tail[-1500:]}"
+    return [Outcome("preflight.failed", service, {**data, "error": error})]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from machines.errors import InvalidMessage
 
@@ -39,9 +39,10 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "director.dataflow_complete",
         "director.dependent_complete",
         "director.failed",
-        "timer.fired",
     }
 )
+# Internal: fired by the daemon's own timer sweep, never accepted from a topic.
+INTERNAL_EVENT_TYPES: frozenset[str] = frozenset({"timer.fired"})
 
 # Commands become events of these types inside the engine (they share one audit log).
 COMMAND_EVENT_TYPES: frozenset[str] = frozenset({"command.start", "command.cancel", "command.retry"})
@@ -89,17 +90,27 @@ class Event(_Strict):
     """An external happening that reached a run (DESIGN.md §6)."""
 
     run_id: RunId
-    event_id: str = Field(min_length=1, max_length=500, pattern=r"^[^/]+$")
+    event_id: str = Field(min_length=1, max_length=400, pattern=r"^[^/]+$")
     type: str
     item: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_type(self) -> Event:
-        if self.type not in EVENT_TYPES and self.type not in COMMAND_EVENT_TYPES:
+        if self.type not in EVENT_TYPES | COMMAND_EVENT_TYPES | INTERNAL_EVENT_TYPES:
             known = ", ".join(sorted(EVENT_TYPES))
             raise ValueError(f"unknown event type {self.type!r}; expected one of: {known}")
         return self
+
+    @field_validator("event_id")
+    @classmethod
+    def _usable_as_document_id(cls, value: str) -> str:
+        # Firestore refuses ".", "..", "__x__" and ids over 1500 bytes; the store appends suffixes.
+        if value in (".", "..") or re.fullmatch(r"__.*__", value):
+            raise ValueError(f"event_id {value!r} is not usable as a Firestore document id")
+        if len(value.encode()) > 400:
+            raise ValueError("event_id is longer than 400 bytes")
+        return value
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -163,6 +174,8 @@ def _loads(body: bytes) -> Any:
         raise InvalidMessage(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:
         raise InvalidMessage("body is not JSON we accept: nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit limit
+        raise InvalidMessage(f"body is not JSON we accept: {exc}") from exc
 
 
 def _explain(exc: ValidationError) -> str:
@@ -191,6 +204,9 @@ def parse_event(body: bytes) -> Event:
     data = _loads(body)
     if not isinstance(data, Mapping):
         raise InvalidMessage(f"event must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind in COMMAND_EVENT_TYPES or kind in INTERNAL_EVENT_TYPES:
+        raise InvalidMessage(f"event type {kind!r} cannot be published; use the commands topic for commands")
     try:
         return Event.model_validate(data)
     except ValidationError as exc:

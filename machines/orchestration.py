@@ -63,14 +63,16 @@ _FAN_IN_PHASE = {
     "deploying_services": "deploy",
     "dependent_setup": "dependent",
 }
-_FAILURE_TRIGGERS = (
-    "config_failed",
-    "preflight_failed",
-    "iam_failed",
-    "build_failed",
-    "deploy_failed",
-    "director_failed",
-)
+# Each failure event fails the run only in the states whose effects can report it.
+_FAILURE_SOURCES: dict[str, tuple[str, ...]] = {
+    "config_failed": ("generating_config",),
+    "preflight_failed": ("preflight",),
+    "iam_failed": ("provisioning_iam", "verifying_iam", "verifying_dataflow_iam"),
+    "build_failed": ("provisioning_iam", "verifying_iam", "building"),
+    "deploy_failed": ("deploying_director", "deploying_services"),
+    "director_failed": ("awaiting_director", "provisioning_dataflows", "dependent_setup"),
+}
+_FAILURE_TRIGGERS = tuple(_FAILURE_SOURCES)
 
 DEFAULT_LIMITS: dict[str, float] = {
     "state_timeout": 1800.0,  # any state without a more specific budget
@@ -121,9 +123,10 @@ class _RunModel:
 
     # ---- helpers used by callbacks -------------------------------------------------
     def limit(self, key: str) -> float:
-        if key in self.run.limits:
-            return float(self.run.limits[key])
-        return DEFAULT_LIMITS.get(key, DEFAULT_LIMITS["state_timeout"])
+        for table in (self.run.limits, DEFAULT_LIMITS):
+            if key in table:
+                return float(table[key])
+        return float(self.run.limits.get("state_timeout", DEFAULT_LIMITS["state_timeout"]))
 
     def effect(self, kind: str, item: str | None = None, suffix: str = "", **params: Any) -> None:
         effect_id = f"{kind}:{item or '-'}:a{self.run.attempt}{suffix}"
@@ -234,10 +237,7 @@ class _RunModel:
         items = self.items("director")
         items.setdefault("deploy", "pending")
         items.setdefault("ready", "pending")
-        if items["deploy"] != "succeeded":
-            self.effect("deploy", director)
-        else:  # already deployed on an earlier attempt: skip straight to the handshake
-            self.notes.append("director already deployed")
+        self.effect("deploy", director)
 
     def _enter_awaiting_director(self) -> None:
         self.items("director")["deploy"] = "succeeded"
@@ -385,7 +385,7 @@ def transition_table() -> list[dict[str, Any]]:
         {"trigger": "timer_fired", "source": active, "dest": None, "after": "on_timer"},
         {"trigger": "command_cancel", "source": active, "dest": "cancelled", "before": "on_cancel"},
     ]
-    t += [{"trigger": f, "source": active, "dest": "failed"} for f in _FAILURE_TRIGGERS]
+    t += [{"trigger": f, "source": list(sources), "dest": "failed"} for f, sources in _FAILURE_SOURCES.items()]
     # Redrive: back to the state that failed (one edge per state keeps the graph honest).
     t += [
         {
@@ -443,9 +443,12 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     if not admits(state, event.type):
         return _ignored(run, event, f"{event.type} is not expected in state '{state}'")
 
-    if event.type == "timer.fired":
-        if run.timer is None or event.data.get("seq") != run.timer.seq:
-            return _ignored(run, event, "stale timer")
+    if event.type == "timer.fired" and (run.timer is None or event.data.get("seq") != run.timer.seq):
+        return _ignored(run, event, "stale timer")
+
+    stale = _stale(run, event)
+    if stale:
+        return _ignored(run, event, stale)
 
     phase = _ITEM_PHASE.get((trig, state))
     if phase is not None:
@@ -488,6 +491,28 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     if model.notes:
         detail += "; " + "; ".join(model.notes)
     return Decision("applied", state, model.state, model.run, model.effects, detail)
+
+
+_IAM_ITEM = {"verifying_iam": "accounts", "verifying_dataflow_iam": "resources"}
+
+
+def _stale(run: RunState, event: Event) -> str | None:
+    """Why an event that the state admits must still be ignored (None if it may apply)."""
+    if event.type == "iam.verified":
+        wanted = _IAM_ITEM.get(run.state)
+        if event.item != wanted:
+            return f"iam.verified for {event.item!r}, but '{run.state}' waits for {wanted!r}"
+        if wanted == "resources" and run.progress.get("iam", {}).get("bindings") != "succeeded":
+            return "iam.verified before the resource bindings were applied"
+    if event.type.endswith(".failed"):
+        effect_id = str(event.data.get("effect_id") or "")
+        attempt = next((p for p in effect_id.split(":") if p.startswith("a") and p[1:].isdigit()), None)
+        if attempt is not None and attempt != f"a{run.attempt}":
+            return f"failure from attempt {attempt[1:]} arrived during attempt {run.attempt}"
+        phase = _FAILURE_PHASE.get(event.type)
+        if phase and run.progress.get(phase, {}).get(event.item or "") == "succeeded":
+            return f"{event.item!r} already succeeded in phase '{phase}'"
+    return None
 
 
 def _record_outputs(run: RunState, event: Event) -> None:

@@ -216,7 +216,7 @@ class Director:
             event_type, data = "director.failed", {"error": f"{instruction}: {exc}"}
         envelope = {
             "run_id": command["run_id"],
-            "event_id": f"director/{command_id}/{event_type.removeprefix('director.')}",
+            "event_id": f"director~{command_id}~{event_type.removeprefix('director.')}",
             "type": event_type,
             "item": "director" if instruction == "ping" else command.get("dataflow") or "director",
             "data": {"command_id": command_id, **data},

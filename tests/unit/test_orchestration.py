@@ -4,6 +4,7 @@ a Decision comes out. The clock is the fixed ``NOW`` unless a test moves it."""
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -648,11 +649,6 @@ def test_state_timeouts_come_from_run_limits() -> None:
     assert delay_of(run) == 11
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _RunModel.limit() falls back to DEFAULT_LIMITS['state_timeout'], never to the "
-    "run's own limits['state_timeout'], so overriding it has no effect",
-)
 def test_run_state_timeout_applies_to_states_without_their_own() -> None:
     run = run_at("building", limits={"state_timeout": 7})
     assert delay_of(run) == 7
@@ -1161,7 +1157,7 @@ def test_decide_copies_deeply() -> None:
 def test_decide_leaves_version_to_the_store() -> None:
     run = run_at("preflight").model_copy(update={"version": 7})
     assert apply(run, ev("preflight.passed", "director")).run.version == 7
-    assert apply(run, ev("config.failed")).run.version == 7
+    assert apply(run, ev("preflight.failed", "director")).run.version == 7
     assert decide(run, ev("iam.verified"), NOW).run.version == 7
     assert start_run("r9", PLAN, {}, NOW).run.version == 0
 
@@ -1317,23 +1313,23 @@ def test_decide_is_thread_safe_on_a_shared_machine() -> None:
             errors.append(f"{run_id}: {exc!r}")
 
     workers = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(threads_n)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join(timeout=30)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so decisions really interleave
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(timeout=30)
+    finally:
+        sys.setswitchinterval(switch)
     assert not any(t.is_alive() for t in workers)
     assert errors == []
     assert MACHINE.models == []
 
 
-# ---- known bugs (xfail strict: the lead removes the mark with the fix) -------------------
+# ---- bugs found by these tests, fixed (kept as regression tests) -------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: iam.verified is admitted in verifying_dataflow_iam before iam.bindings_applied "
-    "(e.g. a late answer of a previous attempt's poll) and skips the binding verification",
-)
 def test_iam_verified_before_bindings_applied_is_ignored() -> None:
     run = run_at("verifying_dataflow_iam")
     assert run.progress["iam"]["bindings"] == "pending"
@@ -1342,11 +1338,6 @@ def test_iam_verified_before_bindings_applied_is_ignored() -> None:
     assert d.run.state == "verifying_dataflow_iam"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the item of iam.verified is not checked: a late 'accounts' verification "
-    "(iam.verify:accounts:*:pN still in flight) advances verifying_dataflow_iam",
-)
 def test_late_accounts_verification_does_not_verify_the_bindings() -> None:
     run = apply(run_at("verifying_dataflow_iam"), ev("iam.bindings_applied", "resources")).run
     d = decide(run, ev("iam.verified", "accounts"), NOW)
