@@ -151,6 +151,30 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from daemon.plan import cmd_plan as plan
+
+    return plan(_settings(), args.file, as_json=args.json)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from daemon.up import REPO_TESTDATA, up
+
+    return up(Path(args.file) if args.file else REPO_TESTDATA, run_id=args.run_id, timeout=args.timeout, keep=args.keep)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from handlers.deploy.local import stop_all
+
+    settings = _settings()
+    stopped = stop_all(settings, args.project or settings.project)
+    if args.json:
+        _print_json({"stopped": stopped})
+    else:
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return EXIT_OK
+
+
 def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -192,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0)
     _add_json(p)
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("plan", help="dry run: validate and show what a run would create (nothing is created)")
+    p.add_argument("file", help="the architecture YAML")
+    _add_json(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("up", help="emulators + daemon + deploy the architecture locally, with live progress")
+    p.add_argument("file", nargs="?", help="architecture YAML (default: testdata/architecture.yaml)")
+    p.add_argument("--run-id")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop the services the local backend started")
+    p.add_argument("--project", help="default: PODIUM_PROJECT")
+    _add_json(p)
+    p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("graph", help="draw the state machine from its definition")
     p.add_argument("run_id", nargs="?", help="highlight this run's current state")
