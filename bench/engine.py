@@ -1,0 +1,274 @@
+"""Engine benchmark (not a test): R runs × S events through the real emulators.
+
+Measures, for Podium's engine (Pub/Sub intake → one Firestore transaction through the FSM →
+audit record → ack) and for a bare loop with no framework (one transaction + ack per event:
+the floor of this stack), in the same process and run:
+
+* events applied per second,
+* publish→commit latency p50/p95/p99,
+* peak RSS, and RSS after 100 and after N finished runs (memory must not grow with runs).
+
+Each run is created directly in ``deploying_services`` with S services, so every event is a
+``deploy.succeeded`` the machine really applies (S-1 recorded items, then the fan-in join).
+Effects are not executed here: this measures the message path only.
+
+    python -m daemon.emulators run -- python bench/engine.py [--runs 50 --events 20] [--memory-runs 5000]
+
+Prints a table and writes ``bench/results/engine.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from google.cloud import firestore, pubsub_v1  # noqa: E402
+
+from daemon.config import Settings  # noqa: E402
+from daemon.engine import Engine, Inbound, Verdict  # noqa: E402
+from daemon.intake import PullIntake  # noqa: E402
+from daemon.pubsub import ensure_daemon_plumbing, topic_path  # noqa: E402
+from daemon.store import RunStore, run_fields  # noqa: E402
+from machines.messages import RunState  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+    qs = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": round(qs[49] * 1000, 2), "p95": round(qs[94] * 1000, 2), "p99": round(qs[98] * 1000, 2)}
+
+
+def seed_runs(db: firestore.Client, collection: str, prefix: str, runs: int, services: int) -> list[str]:
+    """Create R runs waiting in deploying_services for S deploy events each."""
+    names = [f"svc{i:03d}" for i in range(services)]
+    plan = {"director": "director", "services": names, "all_services": ["director", *names],
+            "dataflows": ["df"], "app_dataflows": ["df"]}
+    ids = [f"{prefix}-{i:05d}" for i in range(runs)]
+    now = datetime.now(UTC)
+    batch, n = db.batch(), 0
+    for run_id in ids:
+        run = RunState(run_id=run_id, state="deploying_services", version=1, plan=plan,
+                       progress={"deploy": {s: "pending" for s in names}}, created_at=now, updated_at=now)
+        batch.set(db.collection(collection).document(run_id),
+                  {"run_id": run_id, "created_at": now, "plan": plan, **run_fields(run)})
+        n += 1
+        if n % 400 == 0:
+            batch.commit()
+            batch = db.batch()
+    batch.commit()
+    return ids
+
+
+def publish_events(settings: Settings, run_ids: list[str], services: int, sent: dict[str, float]) -> float:
+    publisher = pubsub_v1.PublisherClient(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+    )
+    topic = topic_path(settings.project, settings.events_topic)
+    futures = []
+    began = time.monotonic()
+    for i in range(services):
+        for run_id in run_ids:
+            event_id = f"bench~{run_id}~{i}"
+            body = {"run_id": run_id, "event_id": event_id, "type": "deploy.succeeded",
+                    "item": f"svc{i:03d}", "data": {"url": f"http://{i}"}}
+            sent[event_id] = time.monotonic()
+            futures.append(publisher.publish(topic, json.dumps(body).encode(), ordering_key=run_id, run_id=run_id))
+    for f in futures:
+        f.result(timeout=60)
+    return time.monotonic() - began
+
+
+class Recorder:
+    """Commit times by event id, recorded right after each transaction returns."""
+
+    def __init__(self, total: int) -> None:
+        self.committed: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.total = total
+        self.done = threading.Event()
+
+    def mark(self, event_id: str) -> None:
+        with self.lock:
+            self.committed.setdefault(event_id, time.monotonic())
+            if len(self.committed) >= self.total:
+                self.done.set()
+
+
+def bench_podium(settings: Settings, runs: int, services: int, label: str) -> dict[str, Any]:
+    db = firestore.Client(project=settings.project)
+    store = RunStore(db, settings.collection, owner="bench", lease_seconds=30)
+    ids = seed_runs(db, settings.collection, f"{label}-{uuid.uuid4().hex[:4]}", runs, services)
+    recorder = Recorder(runs * services)
+    engine = Engine(settings, store)
+    original = engine.on_event
+
+    def on_event(msg: Inbound) -> Verdict:
+        verdict = original(msg)
+        if verdict is Verdict.ACK:
+            recorder.mark(json.loads(msg.data)["event_id"])
+        return verdict
+
+    engine.on_event = on_event  # type: ignore[method-assign]
+    intake = PullIntake(settings, engine)
+    intake.start()
+    sent: dict[str, float] = {}
+    began = time.monotonic()
+    publish_events(settings, ids, services, sent)
+    finished = recorder.done.wait(600)
+    elapsed = time.monotonic() - began
+    intake.stop()
+    latencies = [recorder.committed[k] - sent[k] for k in recorder.committed if k in sent]
+    return {
+        "engine": "podium",
+        "runs": runs,
+        "events_per_run": services,
+        "events": len(recorder.committed),
+        "complete": finished,
+        "seconds": round(elapsed, 2),
+        "events_per_second": round(len(recorder.committed) / elapsed, 1),
+        "latency_ms": percentiles(latencies),
+        "rss_mb": round(rss_mb(), 1),
+    }
+
+
+def bench_floor(settings: Settings, runs: int, services: int, label: str) -> dict[str, Any]:
+    """The bare loop: streaming pull, one transaction (read run, write run + record), ack."""
+    db = firestore.Client(project=settings.project)
+    ids = seed_runs(db, settings.collection, f"{label}-{uuid.uuid4().hex[:4]}", runs, services)
+    recorder = Recorder(runs * services)
+    runs_ref = db.collection(settings.collection)
+
+    def apply(body: dict[str, Any], message_id: str) -> None:
+        run_ref = runs_ref.document(body["run_id"])
+        event_ref = run_ref.collection("events").document(body["event_id"])
+
+        @firestore.transactional
+        def tx(transaction: firestore.Transaction) -> None:
+            snaps = {s.reference.path: s for s in transaction.get_all([run_ref, event_ref])}
+            if snaps[event_ref.path].exists:
+                return
+            version = snaps[run_ref.path].get("version")
+            transaction.update(run_ref, {f"progress.deploy.{body['item']}": "succeeded", "version": version + 1})
+            transaction.set(event_ref, {"type": body["type"], "message_id": message_id})
+
+        tx(db.transaction())
+
+    def callback(message: Any) -> None:
+        try:
+            body = json.loads(message.data)
+            apply(body, message.message_id)
+            message.ack()
+            recorder.mark(body["event_id"])
+        except Exception:  # noqa: BLE001
+            message.nack()
+
+    subscriber = pubsub_v1.SubscriberClient()
+    from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
+
+    future = subscriber.subscribe(
+        f"projects/{settings.project}/subscriptions/{settings.events_subscription}",
+        callback,
+        flow_control=pubsub_v1.types.FlowControl(max_messages=settings.max_messages),
+        scheduler=ThreadScheduler(ThreadPoolExecutor(max_workers=16)),
+    )
+    sent: dict[str, float] = {}
+    began = time.monotonic()
+    publish_events(settings, ids, services, sent)
+    finished = recorder.done.wait(600)
+    elapsed = time.monotonic() - began
+    future.cancel()
+    subscriber.close()
+    latencies = [recorder.committed[k] - sent[k] for k in recorder.committed if k in sent]
+    return {
+        "engine": "floor",
+        "runs": runs,
+        "events_per_run": services,
+        "events": len(recorder.committed),
+        "complete": finished,
+        "seconds": round(elapsed, 2),
+        "events_per_second": round(len(recorder.committed) / elapsed, 1),
+        "latency_ms": percentiles(latencies),
+    }
+
+
+def settings_for(tag: str) -> Settings:
+    suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
+    s = Settings(project=os.environ.get("PODIUM_PROJECT", "podium-bench"), commands_topic=f"bcmd-{suffix}",
+                 events_topic=f"bevt-{suffix}", dead_letter_topic=f"bdlq-{suffix}", collection=f"bench-{suffix}",
+                 backend="standin")
+    ensure_daemon_plumbing(s)
+    return s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--memory-runs", type=int, default=5000, help="finished runs for the memory check")
+    parser.add_argument("--output", default=str(RESULTS / "engine.json"))
+    args = parser.parse_args()
+    if not os.environ.get("PUBSUB_EMULATOR_HOST"):
+        print("run under the emulators: python -m daemon.emulators run -- python bench/engine.py", file=sys.stderr)
+        return 2
+    import logging
+
+    from daemon import logs
+
+    logs.configure("console", level=logging.WARNING)
+    results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "cpus": os.cpu_count()}
+    floor = bench_floor(settings_for("floor"), args.runs, args.events, "floor")
+    podium = bench_podium(settings_for("podium"), args.runs, args.events, "podium")
+    results["floor"], results["podium"] = floor, podium
+    results["throughput_ratio"] = round(podium["events_per_second"] / max(floor["events_per_second"], 1e-9), 3)
+
+    # Memory: finished runs must not grow the daemon. Same engine, more runs, S=2.
+    mem_settings = settings_for("mem")
+    first = bench_podium(mem_settings, 100, 2, "mem100")
+    rss_100 = first["rss_mb"]
+    rest = bench_podium(mem_settings, max(args.memory_runs - 100, 0), 2, "memN")
+    results["memory"] = {"rss_mb_after_100_runs": rss_100, f"rss_mb_after_{args.memory_runs}_runs": rest["rss_mb"],
+                         "peak_rss_mb": round(peak_rss_mb(), 1), "events_per_second_at_scale": rest["events_per_second"]}
+
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"{'':10} {'events/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for row in (floor, podium):
+        lat = row["latency_ms"]
+        print(f"{row['engine']:10} {row['events_per_second']:>10} {lat['p50']:>8} {lat['p95']:>8} {lat['p99']:>8}")
+    print(f"throughput ratio podium/floor: {results['throughput_ratio']}")
+    print(f"RSS after 100 runs: {rss_100} MB; after {args.memory_runs} runs: {rest['rss_mb']} MB")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
