@@ -87,7 +87,7 @@ class Engine:
     def _guard(self, msg: Inbound, work: Callable[[Inbound], Applied]) -> Verdict:
         run_hint = msg.attributes.get("run_id", "-")
         with structlog.contextvars.bound_contextvars(
-            run_id=run_hint, message_id=msg.message_id, trace_id=msg.attributes.get("trace_id")
+            run_id=run_hint, message_id=msg.message_id, trace_id=trace_of(msg.attributes)
         ):
             try:
                 applied = work(msg)
@@ -148,7 +148,7 @@ class Engine:
 
     def _start(self, run_id: str, command: StartCommand, msg: Inbound) -> Applied:
         source_root = command.source_root or str(self.settings.source_root)
-        trace_id = command.trace_id or msg.attributes.get("trace_id")
+        trace_id = command.trace_id or trace_of(msg.attributes)
         extra: dict[str, Any] = {"source_root": source_root, "trace_id": trace_id}
         try:
             prepared = prepare_architecture(command, default_project=self.settings.project)
@@ -168,6 +168,14 @@ class Engine:
             "director_budget": s.director_ready_budget_seconds,
             "timeout_preflight": s.preflight_timeout_seconds * 2 + 60,
         }
+
+
+def trace_of(attributes: Mapping[str, str]) -> str | None:
+    """The trace id a message carries: our ``trace_id`` attribute or a W3C ``traceparent``."""
+    if attributes.get("trace_id"):
+        return attributes["trace_id"]
+    parts = attributes.get("traceparent", "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 @dataclass(frozen=True)
