@@ -51,10 +51,14 @@ R = TypeVar("R")
 def provision(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
     plan = plan_iam(ctx.architecture)
     unique = {a.email: a for a in plan.service_accounts}  # several services may share one account
-    emails = dict(zip(unique, _parallel(backend.ensure_service_account, list(unique.values())), strict=True))
+    emails = dict(
+        zip(unique, _parallel(backend.ensure_service_account, list(unique.values())), strict=True)
+    )
     project_bindings = plan.for_phase("project")
     apply_bindings(backend, project_bindings)
-    accounts = {a.service: emails[a.email] for a in plan.service_accounts if a.kind != "scheduler_job"}
+    accounts = {
+        a.service: emails[a.email] for a in plan.service_accounts if a.kind != "scheduler_job"
+    }
     data: dict[str, object] = {"service_accounts": accounts, "bindings": len(project_bindings)}
     jobs = {a.service: emails[a.email] for a in plan.service_accounts if a.kind == "scheduler_job"}
     if jobs:
@@ -68,7 +72,9 @@ def verify(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
     checks: list[tuple[str, Callable[[], bool]]]
     if ctx.item == "accounts":
         checks = [(f"account {e}", _bound(backend.account_visible, e)) for e in plan.emails()]
-        checks += [(describe(b), _bound(backend.binding_visible, b)) for b in plan.for_phase("project")]
+        checks += [
+            (describe(b), _bound(backend.binding_visible, b)) for b in plan.for_phase("project")
+        ]
     elif ctx.item == "resources":
         now, _ = bindings_to_apply(plan, ctx.architecture.service_manager_spec.name)
         checks = [(describe(b), _bound(backend.binding_visible, b)) for b in now]
@@ -97,7 +103,9 @@ def bind(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
     apply_bindings(backend, now)
     log.info("iam resource bindings applied", applied=len(now), deferred=len(deferred))
     return [
-        Outcome("iam.bindings_applied", "resources", {"applied": len(now), "deferred": len(deferred)})
+        Outcome(
+            "iam.bindings_applied", "resources", {"applied": len(now), "deferred": len(deferred)}
+        )
     ]
 
 
@@ -152,7 +160,11 @@ def _check(check: tuple[str, Callable[[], bool]]) -> bool:
     except HandlerError as exc:
         if not exc.retryable:
             raise
-        log.info("iam check failed transiently; counts as not visible yet", check=what, error=exc.message[:200])
+        log.info(
+            "iam check failed transiently; counts as not visible yet",
+            check=what,
+            error=exc.message[:200],
+        )
         return False
     except NotReady:
         return False
@@ -163,7 +175,9 @@ def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
     error: a non-retryable one first (fail the run clearly), then a retryable one, then NotReady."""
     if len(items) <= 1:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(items)), thread_name_prefix="iam") as pool:
+    with ThreadPoolExecutor(
+        max_workers=min(MAX_PARALLEL, len(items)), thread_name_prefix="iam"
+    ) as pool:
         futures = [pool.submit(fn, x) for x in items]
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:

@@ -143,11 +143,15 @@ class GcpIam:
                 client.set_iam_policy(
                     request=iam_policy_pb2.SetIamPolicyRequest(resource=name, policy=policy)
                 )
-                log.info("iam binding added", role=binding.role, member=binding.member, resource=name)
+                log.info(
+                    "iam binding added", role=binding.role, member=binding.member, resource=name
+                )
                 return
             except Exception as exc:  # noqa: BLE001
                 if _etag_conflict(exc):
-                    log.info("iam policy changed meanwhile; re-reading", resource=name, attempt=attempt)
+                    log.info(
+                        "iam policy changed meanwhile; re-reading", resource=name, attempt=attempt
+                    )
                     continue
                 raise self._binding_error(exc, what, binding) from exc
         raise HandlerError(
@@ -162,7 +166,9 @@ class GcpIam:
         except gexc.NotFound:
             return False
         except Exception as exc:  # noqa: BLE001
-            raise api_error(exc, f"reading the IAM policy of {name} for {describe(binding)}") from exc
+            raise api_error(
+                exc, f"reading the IAM policy of {name} for {describe(binding)}"
+            ) from exc
         return has_member(policy, binding.role, binding.member)
 
     def _policy_api(self, binding: IamBinding) -> tuple[str, Any]:
@@ -226,7 +232,10 @@ def has_member(policy: policy_pb2.Policy, role: str, member: str) -> bool:
 def _etag_conflict(exc: BaseException) -> bool:
     if isinstance(exc, gexc.Conflict) and not isinstance(exc, gexc.AlreadyExists):
         return True  # ABORTED (gRPC) / 409 (REST): the etag no longer matches
-    return isinstance(exc, gexc.FailedPrecondition | gexc.PreconditionFailed) and "etag" in str(exc).lower()
+    return (
+        isinstance(exc, gexc.FailedPrecondition | gexc.PreconditionFailed)
+        and "etag" in str(exc).lower()
+    )
 
 
 def _get_request(name: str) -> iam_policy_pb2.GetIamPolicyRequest:
@@ -248,15 +257,15 @@ def _projects_client() -> Any:
 
 
 def _publisher() -> Any:
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import PublisherClient
 
-    return pubsub_v1.PublisherClient()
+    return PublisherClient()
 
 
 def _subscriber() -> Any:
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import SubscriberClient
 
-    return pubsub_v1.SubscriberClient()
+    return SubscriberClient()
 
 
 def _run_client() -> Any:
