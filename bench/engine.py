@@ -73,13 +73,12 @@ def seed_runs(db: firestore.Client, collection: str, prefix: str, runs: int, ser
             "dataflows": ["df"], "app_dataflows": ["df"]}
     ids = [f"{prefix}-{i:05d}" for i in range(runs)]
     now = datetime.now(UTC)
-    batch, n = db.batch(), 0
-    for run_id in ids:
+    batch = db.batch()
+    for n, run_id in enumerate(ids, start=1):
         run = RunState(run_id=run_id, state="deploying_services", version=1, plan=plan,
                        progress={"deploy": {s: "pending" for s in names}}, created_at=now, updated_at=now)
         batch.set(db.collection(collection).document(run_id),
                   {"run_id": run_id, "created_at": now, "plan": plan, **run_fields(run)})
-        n += 1
         if n % 400 == 0:
             batch.commit()
             batch = db.batch()

@@ -31,7 +31,7 @@ from machines.messages import Event
 log = structlog.get_logger("podium.effects")
 
 MAX_ATTEMPTS = 3
-Publish = Callable[[Event, Mapping[str, str]], None]
+Publish = Callable[[Event, Mapping[str, str]], object]
 
 
 class EffectRunner:

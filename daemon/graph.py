@@ -23,14 +23,13 @@ class _Model:
 def render(fmt: Format = "mermaid", current: str | None = None) -> str | bytes:
     """Return mermaid or DOT source (str), or PNG bytes. ``current`` is highlighted."""
     model = _Model()
-    engine = "mermaid" if fmt == "mermaid" else "graphviz"
     GraphMachine(
         model=model,
         states=list(orchestration.STATES),
         transitions=orchestration.transition_table(),
         initial=current or "pending",
         auto_transitions=False,
-        graph_engine=engine,
+        graph_engine="mermaid" if fmt == "mermaid" else "graphviz",
         show_conditions=True,
         title="Podium orchestration",
     )

@@ -68,7 +68,7 @@ def last_success(settings: Settings, name: str) -> dict[str, Any] | None:
         .where(filter=FieldFilter("architecture_name", "==", name))
         .where(filter=FieldFilter("status", "==", "succeeded"))
     )
-    docs = [d.to_dict() for d in query.stream()]
+    docs = [d.to_dict() or {} for d in query.stream()]
     if not docs:
         return None
     return max(docs, key=lambda d: d["created_at"])

@@ -95,17 +95,17 @@ class RunStore:
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         docs = self.runs.document(run_id).collection(EVENTS).order_by("received_at").stream()
-        return [d.to_dict() | {"id": d.id} for d in docs]
+        return [(d.to_dict() or {}) | {"id": d.id} for d in docs]
 
     def effects(self, run_id: str) -> list[dict[str, Any]]:
-        return [d.to_dict() | {"id": d.id} for d in self.runs.document(run_id).collection(EFFECTS).stream()]
+        return [(d.to_dict() or {}) | {"id": d.id} for d in self.runs.document(run_id).collection(EFFECTS).stream()]
 
     def list_runs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         query: Any = self.runs
         if status:
             query = query.where(filter=FieldFilter("status", "==", status))
         query = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
-        return [d.to_dict() for d in query.stream()]
+        return [d.to_dict() or {} for d in query.stream()]
 
     # ---- the hot path ------------------------------------------------------------------
     def start(
@@ -279,7 +279,7 @@ class RunStore:
             .where(filter=FieldFilter("lease_expires", "<=", now))
             .limit(limit)
         )
-        return [d.to_dict() | {"path": d.reference.path} for d in query.stream()]
+        return [(d.to_dict() or {}) | {"path": d.reference.path} for d in query.stream()]
 
     def claim_effect(self, run_id: str, effect_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Take over an effect whose lease expired. Returns (effect, run document) or None if lost.

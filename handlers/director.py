@@ -10,6 +10,7 @@ Pub/Sub is Pub/Sub.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -78,10 +79,8 @@ def send(ctx: EffectContext, publisher: pubsub_v1.PublisherClient | None = None)
     except gexc.NotFound:
         # The director creates its command topic at start-up; a ping can race it. Create it
         # (idempotent) and let the runner retry the publish.
-        try:
+        with contextlib.suppress(gexc.AlreadyExists):
             client.create_topic(request={"name": topic})
-        except gexc.AlreadyExists:
-            pass
         raise HandlerError(f"command topic {topic} did not exist yet; created it", retryable=True) from None
     except (gexc.ServiceUnavailable, gexc.DeadlineExceeded) as exc:
         raise HandlerError(f"could not publish to {topic}: {exc}", retryable=True) from exc

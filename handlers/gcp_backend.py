@@ -7,9 +7,9 @@ from functools import partial
 
 from daemon.config import Settings
 from handlers import director
+from handlers.base import Handler
 from handlers.configgen import configgen_effect
 from handlers.preflight import preflight_effect
-from handlers.base import Handler
 
 
 def handlers(settings: Settings) -> Mapping[str, Handler]:

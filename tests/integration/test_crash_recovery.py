@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import assert_consistent, audit, publish, start_body, wait_for, wait_status
+from tests.integration.conftest import (
+    assert_consistent,
+    audit,
+    publish,
+    start_body,
+    wait_for,
+    wait_status,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,387 @@
+"""The ``local`` deploy backend: each service is a supervised process on this machine.
+
+``deploy_local(ctx)`` (effect kind ``deploy``, ``ctx.item`` = the service; the director first):
+
+1. The build's artifact ``<state_dir>/artifacts/<service>-<digest>.tar.gz`` (image
+   ``local://<service>@sha256:<digest>``) is checked against its digest and extracted once into
+   ``<state_dir>/deploy/<service>/<digest>/`` (atomically: a half-extracted folder never counts).
+2. The registry (:mod:`handlers.deploy.registry`) is asked who serves the service. A live process
+   (same pid *and* same start-time fingerprint) with the same image and configuration is
+   adopted: redoing a deploy, or a restarted daemon, never starts a second copy. A live process
+   of an older image or configuration is stopped (SIGTERM to its process group, SIGKILL after
+   5 s); a dead one is simply replaced.
+3. A new process is ``sys.executable main.py`` in that folder, in its own session (so it survives
+   the daemon being killed with SIGKILL), output appended to ``<state_dir>/logs/<service>.log``,
+   with ``PORT`` (a free loopback port), ``HOST=127.0.0.1``, ``PROJECT_ID``, ``SERVICE_NAME``,
+   ``DATAFLOW_NAME``, the deployment's ``environment_vars``, the emulator switches and the
+   resolved secrets, on top of the daemon's environment without its ``PODIUM_*`` variables.
+4. Health: ``GET /healthz`` must answer 200. Until it does, a live process younger than 30 s
+   raises ``NotReady`` (the effect runner calls again in 0.5 s, which adopts the same process
+   and re-checks; nothing sleeps). A process that exited, or is still unhealthy after 30 s,
+   fails the deploy with the service's log tail.
+
+Secrets (DESIGN.md §9): ``secret_environment_vars: [{name, value_from}]`` are resolved when the
+process starts, from the daemon's variable ``PODIUM_SECRET_<VALUE_FROM>`` (upper case, every
+character that is not a letter or digit replaced by ``_``) or else from the file
+``<state_dir>/secrets/<value_from>``. A value reaches only the child's environment: never the
+registry, a log line, an event or an error message (those name the secret, never its value).
+
+``stop_all(settings, project)`` is ``podium down``'s engine; ``list_processes`` shows the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import requests
+from google.cloud import firestore
+
+from daemon.config import Settings
+from handlers.base import EffectContext, Outcome
+from handlers.deploy.registry import (
+    ProcessRecord,
+    ProcessRegistry,
+    fingerprint,
+    is_alive,
+    remember_child,
+    stop_process,
+)
+from machines.architecture import DeploymentSpec
+from machines.errors import HandlerError, NotReady
+from machines.hydration import all_services
+
+__all__ = [
+    "HEALTH_GRACE_SECONDS",
+    "deploy_local",
+    "list_processes",
+    "parse_local_image",
+    "registry_for",
+    "resolve_secrets",
+    "secret_env_name",
+    "stop_all",
+]
+
+HEALTH_GRACE_SECONDS = 30.0
+RECHECK_SECONDS = 0.5
+HEALTH_TIMEOUT_SECONDS = 1.0
+LOG_TAIL_CHARS = 2000
+EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")
+
+_LOCAL_IMAGE = re.compile(r"^local://(?P<service>[^@/\s]+)@sha256:(?P<digest>[0-9a-f]{12,128})$")
+_NON_ALNUM = re.compile(r"[^A-Z0-9]")
+
+
+@cache
+def registry_for(project: str) -> ProcessRegistry:
+    """The registry in the daemon's own Firestore database (``settings.project``)."""
+    return ProcessRegistry(firestore.Client(project=project))
+
+
+# ---- the handler ----------------------------------------------------------------------------
+
+
+def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) -> Sequence[Outcome]:
+    service = ctx.item or ""
+    arch = ctx.architecture
+    services = all_services(arch)
+    if service not in services:
+        raise HandlerError(f"deploy: service {service!r} is not in the architecture", retryable=False)
+    dataflow, spec = services[service]
+    if spec.deployment is None:
+        raise HandlerError(f"deploy: service {service!r} has no deployment", retryable=False)
+    deployment = spec.deployment
+    project = arch.project_id or ctx.settings.project
+    image = (ctx.outputs.get("images") or {}).get(service)
+    if not image:
+        raise HandlerError(f"deploy: no image was built for {service!r}", retryable=False)
+    digest = parse_local_image(str(image), service)
+    state_dir = Path(ctx.settings.state_dir)
+
+    plain_env = service_env(deployment, project=project, service=service, dataflow=dataflow)
+    secrets = resolve_secrets(deployment, state_dir, service)  # fails early, naming a missing one
+    config_hash = _config_hash(str(image), plain_env, deployment)
+
+    reg = registry or registry_for(ctx.settings.project)
+    current, update_time = reg.get(project, service)
+    if current is not None and is_alive(current.pid, current.fingerprint):
+        if current.image == image and current.config_hash == config_hash:
+            return _check_health(reg, current)  # adopt: no second process
+        stop_process(current.pid, current.fingerprint)  # an older image or configuration
+
+    workdir = extract_artifact(state_dir, service, digest)
+    record = _start(
+        state_dir=state_dir,
+        project=project,
+        service=service,
+        image=str(image),
+        run_id=ctx.run_id,
+        workdir=workdir,
+        env={**plain_env, **secrets},
+        config_hash=config_hash,
+    )
+    if not reg.replace(record, update_time):
+        # Someone else (another replica, a concurrent run) registered a process meanwhile:
+        # keep theirs, stop ours, and re-check (which adopts theirs or replaces it).
+        stop_process(record.pid, record.fingerprint)
+        raise NotReady(f"{service}: another deployer registered a process meanwhile", retry_after=RECHECK_SECONDS)
+    return _check_health(reg, record)
+
+
+def _check_health(reg: ProcessRegistry, record: ProcessRecord) -> Sequence[Outcome]:
+    if _healthy(record.port):
+        return [Outcome("deploy.succeeded", record.service, {"url": record.url, "pid": record.pid})]
+    if not is_alive(record.pid, record.fingerprint):
+        tail = log_tail(record)
+        reg.delete(record.project, record.service, pid=record.pid)
+        # Two processes can race for a free port between our probe and its bind: worth a retry.
+        retryable = "Address already in use" in tail
+        raise HandlerError(
+            f"service {record.service} exited before answering GET /healthz (log {record.log_path}):\n{tail}",
+            retryable=retryable,
+        )
+    age = record.age_seconds()
+    if age < HEALTH_GRACE_SECONDS:
+        raise NotReady(
+            f"{record.service} (pid {record.pid}) does not answer GET /healthz with 200 yet ({age:.1f} s)",
+            retry_after=RECHECK_SECONDS,
+        )
+    stop_process(record.pid, record.fingerprint)
+    reg.delete(record.project, record.service, pid=record.pid)
+    raise HandlerError(
+        f"service {record.service} did not answer GET /healthz with 200 within {HEALTH_GRACE_SECONDS:.0f} s; "
+        f"stopped it (log {record.log_path}):\n{log_tail(record)}",
+        retryable=False,
+    )
+
+
+def _healthy(port: int) -> bool:
+    try:
+        response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=HEALTH_TIMEOUT_SECONDS)
+    except requests.RequestException:
+        return False
+    return response.status_code == 200
+
+
+# ---- images and artifacts -------------------------------------------------------------------
+
+
+def parse_local_image(image: str, service: str) -> str:
+    """The digest of ``local://<service>@sha256:<digest>`` (the image must be this service's)."""
+    match = _LOCAL_IMAGE.match(image)
+    if not match:
+        raise HandlerError(
+            f"deploy: {service}'s image {image!r} is not a local image (local://<service>@sha256:<digest>)",
+            retryable=False,
+        )
+    if match["service"] != service:
+        raise HandlerError(f"deploy: image {image!r} belongs to {match['service']!r}, not {service!r}", retryable=False)
+    return match["digest"]
+
+
+def extract_artifact(state_dir: Path, service: str, digest: str) -> Path:
+    """``<state_dir>/deploy/<service>/<digest>/``, extracted once from the build's artifact."""
+    target = state_dir / "deploy" / service / digest
+    if target.is_dir():
+        return target
+    artifact = state_dir / "artifacts" / f"{service}-{digest}.tar.gz"
+    if not artifact.is_file():
+        raise HandlerError(f"deploy: {service}'s artifact {artifact} does not exist (was it built here?)", retryable=False)
+    actual = _sha256_file(artifact)
+    if actual != digest:
+        raise HandlerError(
+            f"deploy: {service}'s artifact {artifact} has sha256 {actual}, not the image's {digest}", retryable=False
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{digest}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        with tarfile.open(artifact, "r:gz") as tar:
+            tar.extractall(staging, filter="data")
+        try:
+            os.rename(staging, target)
+        except OSError:  # extracted concurrently by someone else: theirs is the same bytes
+            if not target.is_dir():
+                raise
+    except (OSError, tarfile.TarError) as exc:
+        raise HandlerError(f"deploy: cannot extract {artifact}: {exc}", retryable=False) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---- environment and secrets ----------------------------------------------------------------
+
+
+def service_env(deployment: DeploymentSpec, *, project: str, service: str, dataflow: str) -> dict[str, str]:
+    """The non-secret variables Podium gives a service (without PORT/HOST, which vary per start)."""
+    env = {"PROJECT_ID": project, "SERVICE_NAME": service, "DATAFLOW_NAME": dataflow}
+    env.update({k: str(v) for k, v in deployment.environment_vars.items()})
+    for key, default in (("PROJECT_ID", project), ("SERVICE_NAME", service), ("DATAFLOW_NAME", dataflow)):
+        env[key] = env.get(key) or default
+    for key in EMULATOR_VARS:
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+def secret_env_name(value_from: str) -> str:
+    """``PODIUM_SECRET_<VALUE_FROM upper, every non-alphanumeric character → _>``."""
+    return "PODIUM_SECRET_" + _NON_ALNUM.sub("_", value_from.upper())
+
+
+def resolve_secrets(deployment: DeploymentSpec, state_dir: Path, service: str) -> dict[str, str]:
+    """``{name: value}`` for every secret variable, or a non-retryable error naming the first
+    one that is missing (never a value)."""
+    secrets_dir = (state_dir / "secrets").resolve()
+    out: dict[str, str] = {}
+    for secret in deployment.secret_environment_vars:
+        var = secret_env_name(secret.value_from)
+        value = os.environ.get(var)
+        path = (secrets_dir / secret.value_from).resolve()
+        if value is None and path.is_relative_to(secrets_dir) and path.is_file():
+            try:
+                value = path.read_text().removesuffix("\n").removesuffix("\r")
+            except OSError:
+                value = None
+        if value is None:
+            raise HandlerError(
+                f"deploy: {service}'s secret variable {secret.name} needs secret {secret.value_from!r}, "
+                f"which is not set: export {var} in the daemon's environment or write the file "
+                f"{secrets_dir / secret.value_from}",
+                retryable=False,
+            )
+        out[secret.name] = value
+    return out
+
+
+def _config_hash(image: str, plain_env: Mapping[str, str], deployment: DeploymentSpec) -> str:
+    """What a process was started with, minus anything secret: a change means a restart."""
+    doc = {
+        "image": image,
+        "env": dict(sorted(plain_env.items())),
+        "secrets": sorted((s.name, s.value_from) for s in deployment.secret_environment_vars),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(
+    *,
+    state_dir: Path,
+    project: str,
+    service: str,
+    image: str,
+    run_id: str,
+    workdir: Path,
+    env: Mapping[str, str],
+    config_hash: str,
+) -> ProcessRecord:
+    port = _free_port()
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
+    child_env.update(env)
+    child_env.update({"PORT": str(port), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
+    log_path = state_dir / "logs" / f"{service}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now(UTC)
+    with log_path.open("ab") as log:
+        offset = log.tell()
+        log.write(
+            f"--- podium: starting {service} ({image}) for run {run_id} on port {port} "
+            f"at {started_at.isoformat()} ---\n".encode()
+        )
+        log.flush()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "main.py"],
+                cwd=workdir,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise HandlerError(f"deploy: cannot start {service} in {workdir}: {exc}", retryable=False) from exc
+    remember_child(proc)
+    return ProcessRecord(
+        project=project,
+        service=service,
+        pid=proc.pid,
+        port=port,
+        url=f"http://127.0.0.1:{port}",
+        image=image,
+        started_at=started_at,
+        run_id=run_id,
+        log_path=str(log_path),
+        log_offset=offset,
+        fingerprint=fingerprint(proc.pid) or "",
+        workdir=str(workdir),
+        config_hash=config_hash,
+    )
+
+
+def log_tail(record: ProcessRecord, chars: int = LOG_TAIL_CHARS) -> str:
+    """The end of what this process wrote (not earlier processes' output in the same file)."""
+    try:
+        with open(record.log_path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(record.log_offset, size - chars))
+            return fh.read().decode(errors="replace").strip() or "(the log is empty)"
+    except OSError as exc:
+        return f"(cannot read {record.log_path}: {exc})"
+
+
+# ---- podium down / status ------------------------------------------------------------------
+
+
+def stop_all(settings: Settings, project: str | None = None, registry: ProcessRegistry | None = None) -> list[str]:
+    """Stop every registered process of ``project`` (default: ``settings.project``) and delete
+    its registry document. Returns the services whose records were removed, sorted."""
+    reg = registry or registry_for(settings.project)
+    project = project or settings.project
+    stopped: list[str] = []
+    for record in reg.for_project(project):
+        stop_process(record.pid, record.fingerprint)
+        reg.delete(record.project, record.service)
+        stopped.append(record.service)
+    return sorted(stopped)
+
+
+def list_processes(
+    settings: Settings, project: str | None = None, registry: ProcessRegistry | None = None
+) -> list[dict[str, Any]]:
+    """The registry's records of ``project`` (default: ``settings.project``), each with ``alive``."""
+    reg = registry or registry_for(settings.project)
+    return [
+        {**record.to_dict(), "alive": is_alive(record.pid, record.fingerprint)}
+        for record in reg.for_project(project or settings.project)
+    ]
