@@ -30,7 +30,7 @@ from machines.messages import Event
 
 log = structlog.get_logger("podium.effects")
 
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 5  # with backoff 2, 4, 8, 16 s: about half a minute of transient trouble
 Publish = Callable[[Event, Mapping[str, str]], object]
 
 

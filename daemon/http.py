@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -88,40 +90,111 @@ class DaemonHTTP:
             def do_POST(self) -> None:  # noqa: N802
                 if self.path.split("?")[0] != "/pubsub/push":
                     return self._send(404, {"error": "not found"})
-                if outer.verify_token is not None:
-                    refused = outer.verify_token(self.headers.get("Authorization"))
-                    if refused is not None:
-                        return self._send(refused[0], {"error": refused[1]})
-                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    self.close_connection = True
+                    return self._send(400, {"error": "bad Content-Length"})
+                if length < 0 or length > MAX_PUSH_BYTES:
+                    self.close_connection = True
+                    return self._send(413, {"error": f"body of {length} bytes is not a push envelope"})
+                # Read the body before any answer: closing with unread bytes resets the connection.
                 raw = self.rfile.read(length) if length else b""
-                status, body = outer.push(raw)
+                try:
+                    if outer.verify_token is not None:
+                        refused = outer.verify_token(self.headers.get("Authorization"))
+                        if refused is not None:
+                            log.warning("push refused", status=refused[0], reason=refused[1])
+                            return self._send(refused[0], {"error": refused[1]})
+                    status, body = outer.push(raw)
+                except Exception as exc:  # noqa: BLE001 - the boundary: answer, so Pub/Sub retries
+                    log.exception("push failed", error=repr(exc))
+                    status, body = 500, {"error": "internal error; retry"}
                 self._send(status, body)
 
         return Handler
 
     def push(self, raw: bytes) -> tuple[int, dict[str, Any]]:
-        """Handle one push envelope; returns (HTTP status, JSON body)."""
+        """Handle one push envelope; returns (HTTP status, JSON body).
+
+        The envelope (wrapped delivery, the default) is ``{"message": {"data": base64,
+        "attributes": {...}, "messageId": "...", "message_id": "...", "publishTime": "...",
+        "orderingKey": "..."}, "subscription": "projects/P/subscriptions/S",
+        "deliveryAttempt": N}``; ``data`` or ``attributes`` may be absent, ``deliveryAttempt``
+        is only there with a dead-letter policy. 200 after the commit (or after the message
+        was recorded as rejected), 400 for an envelope that is not one (recorded), 503 for a
+        transient failure, so Pub/Sub redelivers and finally dead-letters.
+        """
         try:
-            envelope = json.loads(raw)
-            message = envelope["message"]
-            subscription = str(envelope["subscription"])
-            data = base64.b64decode(message.get("data", ""), validate=True)
-            message_id = str(message.get("messageId") or message.get("message_id"))
-            if message_id in ("", "None"):
-                raise KeyError("messageId")
-            attributes = {str(k): str(v) for k, v in (message.get("attributes") or {}).items()}
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-            reason = f"not a Pub/Sub push envelope: {exc!r}"
-            fallback_id = f"push-{abs(hash(raw)) % 10**12}"
-            self.engine.reject(Inbound(fallback_id, raw, {}, None, "push"), "invalid_envelope", reason)
-            return 400, {"error": reason}
-        route = self.route_for(subscription)
+            envelope = parse_envelope(raw)
+        except InvalidEnvelope as exc:
+            reason = f"not a Pub/Sub push envelope: {exc}"
+            fallback_id = "push-" + hashlib.sha256(raw).hexdigest()[:32]
+            verdict = self.engine.reject(Inbound(fallback_id, raw, {}, None, "push"), "invalid_envelope", reason)
+            if verdict is not Verdict.ACK:
+                return 503, {"error": "could not record the invalid envelope; retry"}
+            return 400, {"error": reason, "recorded_as": fallback_id}
+        route = self.route_for(envelope.subscription)
         if route is None:
-            self.engine.reject(Inbound(message_id, data, attributes, None, "push"), "unknown_subscription",
-                                f"no route for subscription {subscription!r}")
-            return 400, {"error": f"unknown subscription {subscription!r}"}
-        attempt = envelope.get("deliveryAttempt")
-        verdict = route(Inbound(message_id, data, attributes, attempt, "push"))
+            verdict = self.engine.reject(envelope.inbound, "unknown_subscription",
+                                         f"pushed from subscription {envelope.subscription!r}, which is not one "
+                                         f"of this daemon's")
+            if verdict is not Verdict.ACK:
+                return 503, {"error": "could not record the message; retry"}
+            return 400, {"error": f"unknown subscription {envelope.subscription!r}"}
+        verdict = route(envelope.inbound)
         if verdict is Verdict.ACK:
-            return 200, {"status": "ok"}
+            return 200, {"status": "ok", "message_id": envelope.inbound.message_id}
         return 503, {"error": "transient failure; retry"}
+
+
+MAX_PUSH_BYTES = 16 * 1024 * 1024  # a 10 MB message is ~13.4 MB in base64, plus the envelope
+
+
+class InvalidEnvelope(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Envelope:
+    subscription: str
+    inbound: Inbound
+
+
+def parse_envelope(raw: bytes) -> Envelope:
+    """Validate a wrapped push body; raises InvalidEnvelope saying what is wrong."""
+    if not raw.strip():
+        raise InvalidEnvelope("empty body")
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEnvelope(f"body is not JSON ({exc})") from None
+    if not isinstance(envelope, dict):
+        raise InvalidEnvelope(f"body is a JSON {type(envelope).__name__}, not an object")
+    message = envelope.get("message")
+    if not isinstance(message, dict):
+        raise InvalidEnvelope("no 'message' object")
+    subscription = envelope.get("subscription")
+    if not isinstance(subscription, str) or not subscription:
+        raise InvalidEnvelope("no 'subscription' name")
+    message_id = message.get("messageId", message.get("message_id"))
+    if isinstance(message_id, int) and not isinstance(message_id, bool):
+        message_id = str(message_id)
+    if not isinstance(message_id, str) or not message_id or "/" in message_id or message_id in (".", ".."):
+        raise InvalidEnvelope(f"message has no usable 'messageId' ({message_id!r})")
+    data_b64 = message.get("data", "")
+    if data_b64 is None:
+        data_b64 = ""
+    if not isinstance(data_b64, str):
+        raise InvalidEnvelope("'message.data' is not a base64 string")
+    try:
+        data = base64.b64decode(data_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidEnvelope(f"'message.data' is not valid base64 ({exc})") from None
+    attributes = message.get("attributes") or {}
+    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+        raise InvalidEnvelope("'message.attributes' is not a map of strings")
+    attempt = envelope.get("deliveryAttempt")
+    delivery_attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
+    inbound = Inbound(message_id, data, {str(k): v for k, v in attributes.items()}, delivery_attempt, "push")
+    return Envelope(subscription, inbound)

@@ -23,6 +23,7 @@ from daemon.http import DaemonHTTP
 from daemon.intake import PullIntake
 from daemon.notify import Notifier
 from daemon.pubsub import EventPublisher, ensure_daemon_plumbing
+from daemon.push_auth import make_verifier
 from daemon.store import RunStore
 from daemon.timers import TimerSweep
 
@@ -53,7 +54,7 @@ class Daemon:
         self.engine = Engine(settings, self.store, on_applied=self.effects.on_applied, notify=self.notifier)
         self.timers = TimerSweep(self.engine, settings.sweep_interval_seconds)
         self.intake = PullIntake(settings, self.engine)
-        self.http = DaemonHTTP(settings, self.engine, self.healthy, port=http_port)
+        self.http = DaemonHTTP(settings, self.engine, self.healthy, verify_token=make_verifier(settings), port=http_port)
         self._stopped = threading.Event()
         self._started = False
 

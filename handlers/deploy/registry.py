@@ -115,9 +115,10 @@ class ProcessRegistry:
             if expected_update_time is None:
                 ref.create(record.to_dict())
             else:
-                ref.set(
+                # Every record has the same top-level fields, so an update replaces it whole.
+                ref.update(
                     record.to_dict(),
-                    **{"option": self.client.write_option(last_update_time=expected_update_time)},
+                    option=self.client.write_option(last_update_time=expected_update_time),
                 )
         except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.NotFound):
             return False
