@@ -80,36 +80,75 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace, command: str) -> int:
-    """Publish cancel/retry, then wait for the run's state to move and print the transition."""
+    """Publish cancel/retry, then wait for the daemon's audit record of that very message.
+
+    The record says what the machine did with it: ``applied`` (print the transition; exit 0 if
+    the run is now cancelled/running again, else 1) or ``ignored`` (e.g. a retry of a run that
+    has not failed: exit 1 at once, with the machine's reason). No record in time: exit 3.
+    """
     from daemon.pubsub import publish_command
     from daemon.status import store_for
-    from daemon.watch import wait_for_change
 
     settings = _settings()
-    before = store_for(settings).get(args.run_id)
+    store = store_for(settings)
+    before = store.get(args.run_id)
     if before is None:
         print(f"podium {command}: no run {args.run_id!r}", file=sys.stderr)
         return EXIT_USAGE
     message_id = publish_command(settings, {"command": command, "run_id": args.run_id})
-    after = wait_for_change(settings, args.run_id, int(before.get("version", 0)), timeout=args.timeout)
+    record = _wait_for_record(settings, args.run_id, message_id, timeout=args.timeout)
+    after = store.get(args.run_id) if record is not None else None
     result = {
         "run_id": args.run_id,
         "message_id": message_id,
-        "from": before.get("state"),
-        "to": after.get("state") if after else None,
-        "status": after.get("status") if after else before.get("status"),
+        "from": (record or {}).get("from_state") or before.get("state"),
+        "to": ((record or {}).get("to_state") or (record or {}).get("from_state")) if record else None,
+        "status": (after or before).get("status"),
+        "outcome": (record or {}).get("outcome"),
+        "detail": (record or {}).get("detail"),
     }
     if args.json:
         _print_json(result)
-    elif after is None:
-        print(f"{command} published ({message_id}); the run did not change within {args.timeout:.0f} s "
+    elif record is None:
+        print(f"{command} published ({message_id}); the daemon did not record it within {args.timeout:.0f} s "
               f"(state {before.get('state')}: see `podium status {args.run_id} --events`)")
+    elif record.get("outcome") != "applied":
+        print(f"{args.run_id}: {command} {record.get('outcome')} in state {result['from']} "
+              f"({result['status']}): {record.get('detail')}")
     else:
         print(f"{args.run_id}: {result['from']} -> {result['to']} ({result['status']})")
-    if after is None:
+    if record is None:
         return EXIT_TIMEOUT
     wanted = "cancelled" if command == "cancel" else "running"
-    return EXIT_OK if after.get("status") == wanted else EXIT_RUN_FAILED
+    applied = record.get("outcome") == "applied"
+    return EXIT_OK if applied and result["status"] == wanted else EXIT_RUN_FAILED
+
+
+def _wait_for_record(settings: Settings, run_id: str, message_id: str, *, timeout: float) -> dict[str, Any] | None:
+    """The run's audit record of this message (``on_snapshot``, no polling); None on timeout."""
+    import threading
+
+    from google.cloud import firestore
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    client = firestore.Client(project=settings.project)
+    query = (client.collection(settings.collection).document(run_id).collection("events")
+             .where(filter=FieldFilter("message_id", "==", message_id)))
+    found: list[dict[str, Any]] = []
+    seen = threading.Event()
+
+    def on_snapshot(snaps: list[Any], _changes: Any, _read_time: Any) -> None:
+        records = [s.to_dict() or {} for s in snaps]
+        if records:
+            # a redelivered message adds a 'duplicate' record after the first one: report the first
+            found[:] = sorted(records, key=lambda r: r.get("outcome") != "applied")[:1]
+            seen.set()
+
+    watch = query.on_snapshot(on_snapshot)
+    try:
+        return dict(found[0]) if seen.wait(timeout) and found else None
+    finally:
+        watch.unsubscribe()
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

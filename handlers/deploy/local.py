@@ -117,10 +117,17 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
 
     reg = registry or registry_for(ctx.settings.project)
     current, update_time = reg.get(project, service)
-    if current is not None and is_alive(current.pid, current.fingerprint):
-        if current.image == image and current.config_hash == config_hash:
-            return _check_health(reg, current)  # adopt: no second process
-        stop_process(current.pid, current.fingerprint)  # an older image or configuration
+    if current is not None:
+        same = current.image == image and current.config_hash == config_hash
+        if is_alive(current.pid, current.fingerprint):
+            if same:
+                return _check_health(reg, current)  # adopt: no second process
+            stop_process(current.pid, current.fingerprint)  # an older image or configuration
+        elif same and not current.healthy and (current.run_id, current.effect_id) == (ctx.run_id, ctx.effect_id):
+            # This very deploy started it and it died before it was ever healthy: that is the
+            # deploy's failure (with the log tail), not a process to replace behind its back.
+            return _check_health(reg, current)
+        # else: dead (a reboot, a crash after it was healthy, another run's): replaced below
 
     workdir = extract_artifact(state_dir, service, digest)
     record = _start(
@@ -129,6 +136,7 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
         service=service,
         image=str(image),
         run_id=ctx.run_id,
+        effect_id=ctx.effect_id,
         workdir=workdir,
         env={**plain_env, **secrets},
         config_hash=config_hash,
@@ -142,7 +150,10 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
 
 
 def _check_health(reg: ProcessRegistry, record: ProcessRecord) -> Sequence[Outcome]:
-    if _healthy(record.port):
+    # Liveness first: a dead process's port may already serve somebody else.
+    if is_alive(record.pid, record.fingerprint) and _healthy(record.port):
+        if not record.healthy:
+            reg.mark_healthy(record)
         return [Outcome("deploy.succeeded", record.service, {"url": record.url, "pid": record.pid})]
     if not is_alive(record.pid, record.fingerprint):
         tail = log_tail(record)
@@ -301,6 +312,7 @@ def _start(
     service: str,
     image: str,
     run_id: str,
+    effect_id: str,
     workdir: Path,
     env: Mapping[str, str],
     config_hash: str,
@@ -341,6 +353,7 @@ def _start(
         image=image,
         started_at=started_at,
         run_id=run_id,
+        effect_id=effect_id,
         log_path=str(log_path),
         log_offset=offset,
         fingerprint=fingerprint(proc.pid) or "",

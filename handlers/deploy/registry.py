@@ -61,11 +61,13 @@ class ProcessRecord:
     image: str
     started_at: datetime
     run_id: str
+    effect_id: str
     log_path: str
     log_offset: int  # the log file's size when this process started: its own output starts here
     fingerprint: str
     workdir: str
     config_hash: str  # image + environment names/non-secret values + secret *names*
+    healthy: bool = False  # answered GET /healthz with 200 at least once
 
     @property
     def doc_id(self) -> str:
@@ -87,6 +89,7 @@ class ProcessRecord:
         values.setdefault("log_offset", 0)
         values.setdefault("config_hash", "")
         values.setdefault("workdir", "")
+        values.setdefault("effect_id", "")
         return cls(**values)
 
 
@@ -123,6 +126,14 @@ class ProcessRegistry:
         except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.NotFound):
             return False
         return True
+
+    def mark_healthy(self, record: ProcessRecord) -> None:
+        """Record that the process answered its health check (only while the doc names it)."""
+        ref = self.collection.document(record.doc_id)
+        snap = ref.get()
+        if snap.exists and (snap.to_dict() or {}).get("pid") == record.pid:
+            with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound):
+                ref.update({"healthy": True}, option=self.client.write_option(last_update_time=snap.update_time))
 
     def delete(self, project: str, service: str, *, pid: int | None = None) -> None:
         """Delete the record; with ``pid``, only if it still names that process."""

@@ -125,7 +125,8 @@ def test_tar_metadata_is_normalised(tmp_path: Path) -> None:
     assert data[3] & 0x08 == 0  # no file name stored in the gzip header
     with tarfile.open(artifact.path) as tar:
         infos = tar.getmembers()
-    assert [i.name for i in infos] == sorted(i.name for i in infos)  # (sorted names here are also depth-first)
+    names = [i.name for i in infos]
+    assert names == sorted(names)  # here depth-first per-folder order is also plain sorted order
     for info in infos:
         assert (info.mtime, info.uid, info.gid, info.uname, info.gname) == (0, 0, 0, "", "")
     modes = {i.name: i.mode for i in infos}
@@ -159,7 +160,9 @@ def test_caches_vcs_and_virtualenvs_are_excluded(tmp_path: Path) -> None:
 
     names = members(b.path)
     assert not any(
-        part in ("__pycache__", ".pytest_cache", ".git", ".venv", "myenv") for n in names for part in n.split("/")
+        part in ("__pycache__", ".pytest_cache", ".git", ".venv", "myenv")
+        for n in names
+        for part in n.split("/")
     )
     assert not any(n.endswith(".pyc") for n in names)
     assert b.digest == a.digest
@@ -195,7 +198,10 @@ def test_an_existing_artifact_is_reused(tmp_path: Path) -> None:
     second = build_artifact("svc", folder, tmp_path / "out")
 
     assert second == first
-    assert second.path.stat().st_ino == stamp.st_ino and second.path.stat().st_mtime_ns == stamp.st_mtime_ns
+    assert (
+        second.path.stat().st_ino == stamp.st_ino
+        and second.path.stat().st_mtime_ns == stamp.st_mtime_ns
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [first.path.name]  # no leftovers
 
 
@@ -324,7 +330,9 @@ def test_build_local_builds_the_director_too(tmp_path: Path) -> None:
 
     (outcome,) = build_local(make_ctx(root, tmp_path / "state", "director"))
 
-    assert outcome.item == "director" and outcome.data["image"].startswith("local://director@sha256:")
+    assert outcome.item == "director" and outcome.data["image"].startswith(
+        "local://director@sha256:"
+    )
 
 
 def test_build_local_unknown_service_is_not_retryable(tmp_path: Path) -> None:

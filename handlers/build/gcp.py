@@ -1,0 +1,323 @@
+"""The ``gcp`` build: Cloud Build from a content-addressed source tarball, without waiting.
+
+``build_gcp(ctx)``:
+
+1. looks for a build of this effect already (``list_builds`` filtered on the tag
+   ``effect-<sha1(run id, effect id)[:12]>``, then on the exact ids in its substitutions): one
+   that is PENDING/QUEUED/WORKING means there is nothing to do (its completion arrives on
+   ``cloud-builds``); one that SUCCEEDED is reported at once as ``build.succeeded``; failed or
+   cancelled ones are ignored and a new build is started;
+2. streams the deterministic tarball of the service folder (``handlers.build.local``; entries
+   under ``buildable_module_path``) through a temporary file to
+   ``gs://<project>_cloudbuild/source/<service>-<sha256>.tar.gz`` (``if_generation_match=0``: an
+   object of that name already holds those bytes; the bucket is created if it is missing, as the
+   Go anchor does);
+3. ``create_build``: ``docker build`` in ``buildable_module_path`` if the folder has a
+   ``Dockerfile``, Google's buildpacks (``pack build --path <module>``) otherwise; ``images`` =
+   the hydrated image path tagged with the first 12 hex digits of the source digest (no uuid);
+   tags ``podium``/``run-``/``svc-``/``effect-`` plus the exact ids as substitutions
+   (``ALLOW_LOOSE``, since no step references them); ``CLOUD_LOGGING_ONLY``; 1200 s timeout.
+   It returns ``[]`` without waiting on the operation.
+
+``<project>`` is the daemon's project (``PODIUM_PROJECT``): the build's notifications reach the
+``cloud-builds`` topic of that project, which the daemon consumes. Concurrency is capped by the
+effect runner (``PODIUM_BUILD_CONCURRENCY``), which the Go anchor lacked.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any
+
+import structlog
+
+from handlers.base import EffectContext, Outcome
+from handlers.build.cloud_builds import (
+    IN_FLIGHT_STATUSES,
+    SUB_EFFECT_ID,
+    SUB_RUN_ID,
+    SUB_SERVICE,
+    build_tags,
+    effect_tag,
+    event_from_cloud_build,
+    status_name,
+)
+from handlers.build.local import resolve_service, source_entries, write_source_tarball
+from machines.errors import HandlerError
+from machines.hydration import image_base
+
+if TYPE_CHECKING:
+    from google.cloud.devtools.cloudbuild_v1 import Build
+
+    from machines.architecture import Architecture, ServiceSpec
+
+__all__ = [
+    "BUILDPACKS_BUILDER",
+    "BUILD_TIMEOUT_SECONDS",
+    "DOCKER_STEP",
+    "PACK_STEP",
+    "build_gcp",
+    "build_request",
+    "image_for",
+    "module_path",
+    "source_bucket",
+]
+
+log = structlog.get_logger("podium.build.gcp")
+
+DOCKER_STEP = "gcr.io/cloud-builders/docker"
+PACK_STEP = "gcr.io/k8s-skaffold/pack"
+BUILDPACKS_BUILDER = "gcr.io/buildpacks/builder:latest"
+BUILD_TIMEOUT_SECONDS = 1200
+INSTALL_HINT = "pip install 'podium[gcp]'"
+
+
+def source_bucket(project: str) -> str:
+    return f"{project}_cloudbuild"
+
+
+def module_path(spec: ServiceSpec, service: str) -> str:
+    """``buildable_module_path`` as a clean relative POSIX path (``""`` for none or ``.``)."""
+    raw = spec.deployment.buildable_module_path if spec.deployment else ""
+    path = PurePosixPath(raw.replace("\\", "/")) if raw else PurePosixPath()
+    if path.is_absolute() or ".." in path.parts:
+        raise HandlerError(
+            f"build of service {service!r}: buildable_module_path {raw!r} must be a relative path inside source_path",
+            retryable=False,
+        )
+    return "" if str(path) == "." else str(path)
+
+
+def image_for(
+    spec: ServiceSpec, arch: Architecture, service: str, project: str, digest: str
+) -> str:
+    """The hydrated image path (without any tag or pinned digest) + ``:`` + ``digest[:12]``."""
+    d = spec.deployment
+    base = (d.image if d else "").split("@", 1)[0]
+    last = base.rsplit("/", 1)[-1]
+    if ":" in last:
+        base = base[: len(base) - len(last)] + last.split(":", 1)[0]
+    if not base:
+        region = (d.region if d else "") or arch.region
+        repo = (d.image_repo if d else "") or "podium"
+        base = image_base(region, arch.project_id or project, repo, service)
+    return f"{base}:{digest[:12]}"
+
+
+def build_request(
+    *,
+    image: str,
+    bucket: str,
+    object_name: str,
+    module: str,
+    dockerfile: bool,
+    run_id: str,
+    effect_id: str,
+    service: str,
+) -> Build:
+    """The ``Build`` that ``create_build`` is given (pure apart from the import)."""
+    from google.cloud.devtools import cloudbuild_v1 as cb
+    from google.protobuf import duration_pb2
+
+    if dockerfile:
+        step = cb.BuildStep(
+            id="build", name=DOCKER_STEP, args=["build", "-t", image, "."], dir_=module
+        )
+    else:
+        step = cb.BuildStep(
+            id="build",
+            name=PACK_STEP,
+            entrypoint="pack",
+            args=["build", image, "--builder", BUILDPACKS_BUILDER, "--path", module or "."],
+        )
+    return cb.Build(
+        source=cb.Source(storage_source=cb.StorageSource(bucket=bucket, object_=object_name)),
+        steps=[step],
+        images=[image],
+        tags=build_tags(run_id, service, effect_id),
+        substitutions={SUB_RUN_ID: run_id, SUB_EFFECT_ID: effect_id, SUB_SERVICE: service},
+        options=cb.BuildOptions(
+            logging=cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY,
+            substitution_option=cb.BuildOptions.SubstitutionOption.ALLOW_LOOSE,
+        ),
+        timeout=duration_pb2.Duration(seconds=BUILD_TIMEOUT_SECONDS),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients (lazy: the gcp extra is optional).
+# ---------------------------------------------------------------------------------------------
+
+
+@cache
+def _cloud_build_client() -> Any:
+    try:
+        from google.cloud.devtools import cloudbuild_v1
+    except ImportError as exc:
+        raise HandlerError(
+            f"the gcp build backend needs google-cloud-build: {INSTALL_HINT}", retryable=False
+        ) from exc
+    return cloudbuild_v1.CloudBuildClient()
+
+
+@cache
+def _storage_client(project: str) -> Any:
+    try:
+        from google.cloud import storage  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:
+        raise HandlerError(
+            f"the gcp build backend needs google-cloud-storage to upload sources: {INSTALL_HINT}",
+            retryable=False,
+        ) from exc
+    return storage.Client(project=project)
+
+
+def _api_error(service: str, what: str, exc: Exception) -> HandlerError:
+    from google.api_core import exceptions as gexc
+
+    transient = (
+        gexc.ServiceUnavailable,
+        gexc.TooManyRequests,
+        gexc.InternalServerError,
+        gexc.DeadlineExceeded,
+        gexc.GatewayTimeout,
+        gexc.Aborted,
+        gexc.RetryError,
+    )
+    return HandlerError(
+        f"build of service {service!r}: {what} failed: {exc}", retryable=isinstance(exc, transient)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps.
+# ---------------------------------------------------------------------------------------------
+
+
+def _build_dict(build: Any) -> dict[str, Any]:
+    from google.cloud.devtools import cloudbuild_v1
+
+    return dict(json.loads(cloudbuild_v1.Build.to_json(build, use_integers_for_enums=False)))
+
+
+def _ours(build: dict[str, Any], run_id: str, effect_id: str) -> bool:
+    subs = build.get("substitutions") or {}
+    return (
+        subs.get(SUB_RUN_ID, run_id) == run_id and subs.get(SUB_EFFECT_ID, effect_id) == effect_id
+    )
+
+
+def _existing(client: Any, project: str, ctx: EffectContext, service: str) -> dict[str, Any] | None:
+    """The most useful earlier build of this effect: a SUCCESS, else one still in flight."""
+    from google.api_core import exceptions as gexc
+
+    tag = effect_tag(ctx.run_id, ctx.effect_id)
+    try:
+        listed = [
+            _build_dict(b) for b in client.list_builds(project_id=project, filter=f'tags="{tag}"')
+        ]
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise _api_error(service, "listing earlier builds", exc) from exc
+    builds = [b for b in listed if _ours(b, ctx.run_id, ctx.effect_id)]
+    by_status = {status_name(b.get("status")): b for b in reversed(builds)}  # newest wins
+    if "SUCCESS" in by_status:
+        return by_status["SUCCESS"]
+    return next((by_status[s] for s in ("WORKING", "QUEUED", "PENDING") if s in by_status), None)
+
+
+def _upload(storage: Any, bucket_name: str, object_name: str, fh: IO[bytes], service: str) -> None:
+    from google.api_core import exceptions as gexc
+
+    blob = storage.bucket(bucket_name).blob(object_name)
+    for attempt in (1, 2):
+        fh.seek(0)
+        try:
+            blob.upload_from_file(fh, content_type="application/gzip", if_generation_match=0)
+            return
+        except gexc.PreconditionFailed:
+            return  # already uploaded: the name is the content's digest
+        except gexc.NotFound as exc:
+            if attempt == 2:
+                raise _api_error(service, f"uploading to gs://{bucket_name}", exc) from exc
+            try:
+                storage.create_bucket(bucket_name)
+                log.info("created source bucket", bucket=bucket_name)
+            except gexc.Conflict:
+                pass  # created meanwhile
+            except (gexc.GoogleAPICallError, gexc.RetryError) as create_exc:
+                raise _api_error(
+                    service, f"creating bucket gs://{bucket_name}", create_exc
+                ) from create_exc
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise _api_error(
+                service, f"uploading to gs://{bucket_name}/{object_name}", exc
+            ) from exc
+
+
+def build_gcp(ctx: EffectContext, client: Any = None, storage: Any = None) -> Sequence[Outcome]:
+    service, spec, folder = resolve_service(ctx)
+    project = ctx.settings.project
+    module = module_path(spec, service)
+    client = client if client is not None else _cloud_build_client()
+
+    earlier = _existing(client, project, ctx, service)
+    if earlier is not None:
+        status = status_name(earlier.get("status"))
+        log.info(
+            "cloud build already exists", service=service, build_id=earlier.get("id"), status=status
+        )
+        if status in IN_FLIGHT_STATUSES:
+            return []
+        event = event_from_cloud_build(json.dumps(earlier).encode(), {})
+        if event is None:  # not reachable for SUCCESS; be safe
+            return []
+        data = {k: v for k, v in event.data.items() if k != "effect_id"}
+        return [Outcome(event.type, service, data)]
+
+    if not folder.is_dir():
+        raise HandlerError(
+            f"build of service {service!r} failed: source folder {folder} does not exist",
+            retryable=False,
+        )
+    bucket = source_bucket(project)
+    with tempfile.TemporaryFile(prefix=f"podium-src-{service}-") as fh:
+        try:
+            entries = source_entries(folder, exclude=[Path(ctx.settings.state_dir)])
+            digest, size = write_source_tarball(folder, entries, fh, prefix=module)
+        except OSError as exc:
+            raise HandlerError(
+                f"build of service {service!r}: cannot pack {folder}: {exc}", retryable=True
+            ) from exc
+        object_name = f"source/{service}-{digest}.tar.gz"
+        storage = storage if storage is not None else _storage_client(project)
+        _upload(storage, bucket, object_name, fh, service)
+
+    image = image_for(spec, ctx.architecture, service, project, digest)
+    request = build_request(
+        image=image,
+        bucket=bucket,
+        object_name=object_name,
+        module=module,
+        dockerfile=(folder / "Dockerfile").is_file(),
+        run_id=ctx.run_id,
+        effect_id=ctx.effect_id,
+        service=service,
+    )
+    from google.api_core import exceptions as gexc
+
+    try:
+        client.create_build(project_id=project, build=request)
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise _api_error(service, "starting the Cloud Build", exc) from exc
+    log.info(
+        "cloud build started",
+        service=service,
+        image=image,
+        source=f"gs://{bucket}/{object_name}",
+        bytes=size,
+    )
+    return []
