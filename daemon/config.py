@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     def events_subscription(self) -> str:
         return f"{self.events_topic}-podium"
 
+    cloud_builds_topic: str = "cloud-builds"  # gcp mode: Cloud Build's notifications
+
+    @property
+    def cloud_builds_subscription(self) -> str:
+        return f"{self.cloud_builds_topic}-podium"
+
     @property
     def dead_letter_subscription(self) -> str:
         return f"{self.dead_letter_topic}-podium"

@@ -62,6 +62,10 @@ class Engine:
     def on_event(self, msg: Inbound) -> Verdict:
         return self._guard(msg, self._event)
 
+    def on_cloud_build(self, msg: Inbound) -> Verdict:
+        """gcp mode: Cloud Build's own notifications, mapped to a run by the build's tags."""
+        return self._guard(msg, self._cloud_build)
+
     def on_dead_letter(self, msg: Inbound) -> Verdict:
         """A message Pub/Sub gave up on: record it so nothing is lost, then ack."""
         attempts = msg.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "?")
@@ -132,6 +136,15 @@ class Engine:
 
     def _event(self, msg: Inbound) -> Applied:
         event = parse_event(msg.data)
+        structlog.contextvars.bind_contextvars(run_id=event.run_id)
+        return self.store.apply(event, msg.message_id)
+
+    def _cloud_build(self, msg: Inbound) -> Applied:
+        from handlers.build.cloud_builds import event_from_cloud_build
+
+        event = event_from_cloud_build(msg.data, msg.attributes)
+        if event is None:  # not ours, or still running: nothing to record
+            return Applied("ignored", msg.attributes.get("run_id", "-"), "not a finished podium build")
         structlog.contextvars.bind_contextvars(run_id=event.run_id)
         return self.store.apply(event, msg.message_id)
 

@@ -63,6 +63,7 @@ class DaemonHTTP:
             s.commands_subscription: self.engine.on_command,
             s.events_subscription: self.engine.on_event,
             s.dead_letter_subscription: self.engine.on_dead_letter,
+            s.cloud_builds_subscription: self.engine.on_cloud_build,
         }.get(name)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -38,6 +38,8 @@ class PullIntake:
             s.events_subscription: ("events", self.engine.on_event),
             s.dead_letter_subscription: ("dead-letter", self.engine.on_dead_letter),
         }
+        if s.backend == "gcp":
+            routes[s.cloud_builds_subscription] = ("cloud-builds", self.engine.on_cloud_build)
         flow = pubsub_v1.types.FlowControl(max_messages=s.max_messages)
         for sub, (source, handle) in routes.items():
             scheduler = ThreadScheduler(ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"pull-{source}"))

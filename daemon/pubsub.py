@@ -79,6 +79,12 @@ def ensure_daemon_plumbing(settings: Settings) -> None:
             dead_letter_topic=settings.dead_letter_topic, max_delivery_attempts=settings.max_delivery_attempts,
             ordering=True, ack_deadline=settings.ack_deadline_seconds,
         )
+        if settings.backend == "gcp":  # Cloud Build publishes here once its API is enabled
+            ensure_topic(publisher, p, settings.cloud_builds_topic)
+            ensure_subscription(
+                subscriber, p, settings.cloud_builds_topic, settings.cloud_builds_subscription,
+                dead_letter_topic=settings.dead_letter_topic, max_delivery_attempts=settings.max_delivery_attempts,
+            )
     finally:
         subscriber.close()
 
