@@ -19,8 +19,14 @@ service, one container with ``image`` (the build's image), ``env`` (plain values
 values), ``resources.limits {cpu, memory}``, ``scaling {min_instance_count, max_instance_count}``,
 and a deterministic ``revision`` name ``<service>-<digest[:10]>`` (``sha1(image)[:10]`` for an
 image without digest), so redoing the same deploy issues nothing. The director gets
-``min_instance_count >= 1`` and ``cpu_idle = False``: it lives on a streaming pull, not on
-requests, and Cloud Run throttles the CPU of instances outside requests (the anchor let it starve).
+``min_instance_count >= 1``: it lives on a streaming pull, not on requests, and a service scaled
+to zero has no puller at all (the anchor let it starve).
+
+CPU allocation: ``resources.cpu_idle`` is a proto3 bool without presence, and the API documents
+that once ``resources`` is set the caller must send ``true`` to keep request-only CPU. Podium
+always sets limits and sends ``false``: instance-based billing, CPU outside requests, which the
+director's pull (and any background worker) needs. It is set explicitly for the director so
+that the requirement is visible where it matters.
 """
 
 from __future__ import annotations
@@ -100,7 +106,8 @@ def build_template(
     resources = run_v2.ResourceRequirements(limits=limits)
     min_instances = deployment.min_instances
     if is_director:
-        # The director works on a streaming pull: keep one instance up, with its CPU always on.
+        # The director works on a streaming pull: keep one instance up, with its CPU always on
+        # (False is also what every service gets: see the module doc).
         min_instances = max(min_instances or 0, 1)
         resources.cpu_idle = False
     scaling = run_v2.RevisionScaling()
@@ -119,19 +126,26 @@ def build_template(
 def _region(arch: Architecture, deployment: DeploymentSpec, service: str) -> str:
     region = deployment.region or arch.region
     if not region:
-        raise HandlerError(f"deploy: {service} has no region (set deployment.region or the root region)", retryable=False)
+        raise HandlerError(
+            f"deploy: {service} has no region (set deployment.region or the root region)",
+            retryable=False,
+        )
     return region
 
 
 # ---- the handler ----------------------------------------------------------------------------
 
 
-def deploy_gcp(ctx: EffectContext, client: run_v2.ServicesClient | None = None) -> Sequence[Outcome]:
+def deploy_gcp(
+    ctx: EffectContext, client: run_v2.ServicesClient | None = None
+) -> Sequence[Outcome]:
     service = ctx.item or ""
     arch = ctx.architecture
     services = all_services(arch)
     if service not in services:
-        raise HandlerError(f"deploy: service {service!r} is not in the architecture", retryable=False)
+        raise HandlerError(
+            f"deploy: service {service!r} is not in the architecture", retryable=False
+        )
     _dataflow, spec = services[service]
     if spec.deployment is None:
         raise HandlerError(f"deploy: service {service!r} has no deployment", retryable=False)
@@ -170,8 +184,12 @@ def deploy_gcp(ctx: EffectContext, client: run_v2.ServicesClient | None = None) 
         except gexc.AlreadyExists:
             pass  # created concurrently (another replica): the next check sees it
         except gexc.NotFound as exc:  # the project or the location does not exist
-            raise HandlerError(f"Cloud Run: cannot create {name}: {exc.message}", retryable=False) from exc
-        raise NotReady(f"creating Cloud Run service {name} (revision {revision})", retry_after=RECHECK_SECONDS) from None
+            raise HandlerError(
+                f"Cloud Run: cannot create {name}: {exc.message}", retryable=False
+            ) from exc
+        raise NotReady(
+            f"creating Cloud Run service {name} (revision {revision})", retry_after=RECHECK_SECONDS
+        ) from None
 
     if existing.template.revision != revision:
         desired = run_v2.Service(existing)  # a copy: keep what Podium does not own
@@ -179,13 +197,19 @@ def deploy_gcp(ctx: EffectContext, client: run_v2.ServicesClient | None = None) 
         try:
             _call(f"update {name}", lambda: run.update_service(service=desired))
         except gexc.NotFound as exc:  # deleted between our get and update: start over
-            raise HandlerError(f"Cloud Run: {name} vanished during the update", retryable=True) from exc
-        raise NotReady(f"updating Cloud Run service {name} to revision {revision}", retry_after=RECHECK_SECONDS)
+            raise HandlerError(
+                f"Cloud Run: {name} vanished during the update", retryable=True
+            ) from exc
+        raise NotReady(
+            f"updating Cloud Run service {name} to revision {revision}", retry_after=RECHECK_SECONDS
+        )
 
     _check_same_configuration(name, existing.template, template)
     condition = existing.terminal_condition
     ready = existing.latest_ready_revision
-    if (ready == revision or ready.endswith(f"/{revision}")) and condition.state == Condition.State.CONDITION_SUCCEEDED:
+    if (
+        ready == revision or ready.endswith(f"/{revision}")
+    ) and condition.state == Condition.State.CONDITION_SUCCEEDED:
         return [Outcome("deploy.succeeded", service, {"url": existing.uri, "revision": revision})]
     if not existing.reconciling and condition.state == Condition.State.CONDITION_FAILED:
         raise HandlerError(
@@ -200,7 +224,9 @@ def deploy_gcp(ctx: EffectContext, client: run_v2.ServicesClient | None = None) 
     )
 
 
-def _check_same_configuration(name: str, live: run_v2.RevisionTemplate, wanted: run_v2.RevisionTemplate) -> None:
+def _check_same_configuration(
+    name: str, live: run_v2.RevisionTemplate, wanted: run_v2.RevisionTemplate
+) -> None:
     """Revision names are immutable: the same name with other settings cannot be deployed.
 
     Compares what Cloud Run does not normalise (account, image, plain env values), so a changed
@@ -209,7 +235,9 @@ def _check_same_configuration(name: str, live: run_v2.RevisionTemplate, wanted: 
 
     def key(t: run_v2.RevisionTemplate) -> tuple[Any, ...]:
         container = t.containers[0] if t.containers else run_v2.Container()
-        env = tuple((e.name, e.value) for e in container.env if not e.value_source.secret_key_ref.secret)
+        env = tuple(
+            (e.name, e.value) for e in container.env if not e.value_source.secret_key_ref.secret
+        )
         return t.service_account, container.image, env
 
     if key(live) != key(wanted):
@@ -231,4 +259,6 @@ def _call(what: str, fn: Callable[[], T]) -> T:
     except _NOT_RETRYABLE as exc:
         raise HandlerError(f"Cloud Run: cannot {what}: {exc.message}", retryable=False) from exc
     except gexc.GoogleAPICallError as exc:  # Aborted/FailedPrecondition (etag), Unavailable, ...
-        raise HandlerError(f"Cloud Run: cannot {what} (will retry): {exc.message}", retryable=True) from exc
+        raise HandlerError(
+            f"Cloud Run: cannot {what} (will retry): {exc.message}", retryable=True
+        ) from exc

@@ -9,7 +9,8 @@
    (same pid *and* same start-time fingerprint) with the same image and configuration is
    adopted: redoing a deploy, or a restarted daemon, never starts a second copy. A live process
    of an older image or configuration is stopped (SIGTERM to its process group, SIGKILL after
-   5 s); a dead one is simply replaced.
+   5 s); a dead one is replaced, except the one this very deploy started that died before it
+   was ever healthy: that is the deploy's failure, reported with its log tail.
 3. A new process is ``sys.executable main.py`` in that folder, in its own session (so it survives
    the daemon being killed with SIGKILL), output appended to ``<state_dir>/logs/<service>.log``,
    with ``PORT`` (a free loopback port), ``HOST=127.0.0.1``, ``PROJECT_ID``, ``SERVICE_NAME``,
@@ -99,7 +100,9 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
     arch = ctx.architecture
     services = all_services(arch)
     if service not in services:
-        raise HandlerError(f"deploy: service {service!r} is not in the architecture", retryable=False)
+        raise HandlerError(
+            f"deploy: service {service!r} is not in the architecture", retryable=False
+        )
     dataflow, spec = services[service]
     if spec.deployment is None:
         raise HandlerError(f"deploy: service {service!r} has no deployment", retryable=False)
@@ -120,10 +123,16 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
     if current is not None:
         same = current.image == image and current.config_hash == config_hash
         if is_alive(current.pid, current.fingerprint):
-            if same:
+            if same and (not current.healthy or _healthy(current.port)):
                 return _check_health(reg, current)  # adopt: no second process
-            stop_process(current.pid, current.fingerprint)  # an older image or configuration
-        elif same and not current.healthy and (current.run_id, current.effect_id) == (ctx.run_id, ctx.effect_id):
+            # An older image or configuration, or one that was healthy and no longer is
+            # (a supervisor restarts it rather than failing the run over it).
+            stop_process(current.pid, current.fingerprint)
+        elif (
+            same
+            and not current.healthy
+            and (current.run_id, current.effect_id) == (ctx.run_id, ctx.effect_id)
+        ):
             # This very deploy started it and it died before it was ever healthy: that is the
             # deploy's failure (with the log tail), not a process to replace behind its back.
             return _check_health(reg, current)
@@ -145,7 +154,10 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
         # Someone else (another replica, a concurrent run) registered a process meanwhile:
         # keep theirs, stop ours, and re-check (which adopts theirs or replaces it).
         stop_process(record.pid, record.fingerprint)
-        raise NotReady(f"{service}: another deployer registered a process meanwhile", retry_after=RECHECK_SECONDS)
+        raise NotReady(
+            f"{service}: another deployer registered a process meanwhile",
+            retry_after=RECHECK_SECONDS,
+        )
     return _check_health(reg, record)
 
 
@@ -199,7 +211,10 @@ def parse_local_image(image: str, service: str) -> str:
             retryable=False,
         )
     if match["service"] != service:
-        raise HandlerError(f"deploy: image {image!r} belongs to {match['service']!r}, not {service!r}", retryable=False)
+        raise HandlerError(
+            f"deploy: image {image!r} belongs to {match['service']!r}, not {service!r}",
+            retryable=False,
+        )
     return match["digest"]
 
 
@@ -210,11 +225,15 @@ def extract_artifact(state_dir: Path, service: str, digest: str) -> Path:
         return target
     artifact = state_dir / "artifacts" / f"{service}-{digest}.tar.gz"
     if not artifact.is_file():
-        raise HandlerError(f"deploy: {service}'s artifact {artifact} does not exist (was it built here?)", retryable=False)
+        raise HandlerError(
+            f"deploy: {service}'s artifact {artifact} does not exist (was it built here?)",
+            retryable=False,
+        )
     actual = _sha256_file(artifact)
     if actual != digest:
         raise HandlerError(
-            f"deploy: {service}'s artifact {artifact} has sha256 {actual}, not the image's {digest}", retryable=False
+            f"deploy: {service}'s artifact {artifact} has sha256 {actual}, not the image's {digest}",
+            retryable=False,
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{digest}.{uuid.uuid4().hex[:8]}.partial"
@@ -244,11 +263,17 @@ def _sha256_file(path: Path) -> str:
 # ---- environment and secrets ----------------------------------------------------------------
 
 
-def service_env(deployment: DeploymentSpec, *, project: str, service: str, dataflow: str) -> dict[str, str]:
+def service_env(
+    deployment: DeploymentSpec, *, project: str, service: str, dataflow: str
+) -> dict[str, str]:
     """The non-secret variables Podium gives a service (without PORT/HOST, which vary per start)."""
     env = {"PROJECT_ID": project, "SERVICE_NAME": service, "DATAFLOW_NAME": dataflow}
     env.update({k: str(v) for k, v in deployment.environment_vars.items()})
-    for key, default in (("PROJECT_ID", project), ("SERVICE_NAME", service), ("DATAFLOW_NAME", dataflow)):
+    for key, default in (
+        ("PROJECT_ID", project),
+        ("SERVICE_NAME", service),
+        ("DATAFLOW_NAME", dataflow),
+    ):
         env[key] = env.get(key) or default
     for key in EMULATOR_VARS:
         if os.environ.get(key):
@@ -342,7 +367,9 @@ def _start(
                 start_new_session=True,
             )
         except OSError as exc:
-            raise HandlerError(f"deploy: cannot start {service} in {workdir}: {exc}", retryable=False) from exc
+            raise HandlerError(
+                f"deploy: cannot start {service} in {workdir}: {exc}", retryable=False
+            ) from exc
     remember_child(proc)
     return ProcessRecord(
         project=project,
@@ -376,7 +403,9 @@ def log_tail(record: ProcessRecord, chars: int = LOG_TAIL_CHARS) -> str:
 # ---- podium down / status ------------------------------------------------------------------
 
 
-def stop_all(settings: Settings, project: str | None = None, registry: ProcessRegistry | None = None) -> list[str]:
+def stop_all(
+    settings: Settings, project: str | None = None, registry: ProcessRegistry | None = None
+) -> list[str]:
     """Stop every registered process of ``project`` (default: ``settings.project``) and delete
     its registry document. Returns the services whose records were removed, sorted."""
     reg = registry or registry_for(settings.project)

@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,7 +132,10 @@ class ProcessRegistry:
         snap = ref.get()
         if snap.exists and (snap.to_dict() or {}).get("pid") == record.pid:
             with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound):
-                ref.update({"healthy": True}, option=self.client.write_option(last_update_time=snap.update_time))
+                ref.update(
+                    {"healthy": True},
+                    option=self.client.write_option(last_update_time=snap.update_time),
+                )
 
     def delete(self, project: str, service: str, *, pid: int | None = None) -> None:
         """Delete the record; with ``pid``, only if it still names that process."""
@@ -147,12 +149,12 @@ class ProcessRegistry:
                 ref.delete(option=self.client.write_option(last_update_time=snap.update_time))
 
     def for_project(self, project: str) -> list[ProcessRecord]:
-        snaps = self.collection.where(filter=firestore.FieldFilter("project", "==", project)).stream()
-        return sorted((ProcessRecord.from_dict(s.to_dict() or {}) for s in snaps), key=lambda r: r.service)
-
-    def __iter__(self) -> Iterator[ProcessRecord]:
-        for snap in self.collection.stream():
-            yield ProcessRecord.from_dict(snap.to_dict() or {})
+        snaps = self.collection.where(
+            filter=firestore.FieldFilter("project", "==", project)
+        ).stream()
+        return sorted(
+            (ProcessRecord.from_dict(s.to_dict() or {}) for s in snaps), key=lambda r: r.service
+        )
 
 
 # ---- process identity ------------------------------------------------------------------------
@@ -184,10 +186,10 @@ def fingerprint(pid: int) -> str | None:
 
 
 def _reap(pid: int) -> None:
-    child = _CHILDREN.get(pid)
+    """Collect the exit status of a process of ours that ended (so it is no zombie)."""
+    child = _CHILDREN.pop(pid, None)
     if child is not None:
-        if child.poll() is not None:
-            _CHILDREN.pop(pid, None)
+        child.poll()
         return
     with contextlib.suppress(ChildProcessError, OSError):  # not our child: its parent reaps it
         os.waitpid(pid, os.WNOHANG)
@@ -195,13 +197,13 @@ def _reap(pid: int) -> None:
 
 def is_alive(pid: int, expected_fingerprint: str) -> bool:
     """Whether ``pid`` is still the very process that was fingerprinted (and not a zombie)."""
-    if pid <= 0:
-        return False
-    _reap(pid)
+    if pid <= 0 or not expected_fingerprint or fingerprint(pid) != expected_fingerprint:
+        return False  # gone, or the pid now names another process: never touch that one
     stat = _stat(pid)
     if stat is None or stat[0] in ("Z", "X"):
+        _reap(pid)  # ours and ended: only now is it safe to wait for it
         return False
-    return fingerprint(pid) == expected_fingerprint
+    return True
 
 
 def remember_child(proc: subprocess.Popen[bytes]) -> None:

@@ -91,6 +91,11 @@ NAMES = ["PORT", "HOST", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME", "GREETIN
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
+        if os.path.exists(f"unhealthy-{os.getpid()}"):  # a test's switch
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         env = {n: os.environ.get(n) for n in NAMES}
         env["podium_vars"] = sorted(k for k in os.environ if k.startswith("PODIUM_"))
         body = json.dumps(env).encode()
@@ -113,7 +118,9 @@ def write_artifact(state_dir: Path, service: str, folder: Path) -> str:
     """A deterministic tar.gz of ``folder`` as the build stores it; returns the local image."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        for path in sorted(
+            p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        ):
             data = path.read_bytes()
             info = tarfile.TarInfo(path.relative_to(folder).as_posix())
             info.size, info.mode, info.mtime = len(data), 0o644, 0
@@ -131,13 +138,20 @@ def write_artifact(state_dir: Path, service: str, folder: Path) -> str:
 
 def subscriber_folder(root: Path, unique: str, marker: str = "") -> Path:
     folder = root / f"subscriber-src-{marker or 'a'}"
-    shutil.copytree(TESTDATA / "subscriber", folder, ignore=shutil.ignore_patterns("__pycache__", "tests", "resources.yaml"))
+    shutil.copytree(
+        TESTDATA / "subscriber",
+        folder,
+        ignore=shutil.ignore_patterns("__pycache__", "tests", "resources.yaml"),
+    )
     resources = {
         "subscriptions": [
             {
                 "name": f"absent-sub-{unique}",
                 "topic": f"absent-topic-{unique}",
-                "consumer_service": {"name": "subscriber", "lookup": {"key": "tracer-subscription-id", "method": "yaml"}},
+                "consumer_service": {
+                    "name": "subscriber",
+                    "lookup": {"key": "tracer-subscription-id", "method": "yaml"},
+                },
             }
         ]
     }
@@ -179,16 +193,24 @@ class Deployer:
     """Builds effect contexts for the test architecture and drives ``deploy_local`` the way the
     effect runner does: NotReady → call again after ``retry_after``."""
 
-    def __init__(self, settings: Settings, project: str, unique: str, registry: ProcessRegistry) -> None:
+    def __init__(
+        self, settings: Settings, project: str, unique: str, registry: ProcessRegistry
+    ) -> None:
         self.settings = settings
         self.registry = registry
-        arch = hydrate(load_architecture(ARCHITECTURE.format(project=project, unique=unique), "test"))
+        arch = hydrate(
+            load_architecture(ARCHITECTURE.format(project=project, unique=unique), "test")
+        )
         self.architecture = arch.to_dict()
         self.not_ready = 0
         self.seen_pids: set[int] = set()
 
     def ctx(self, service: str, image: str, run_id: str = "run-1") -> EffectContext:
-        run = {"run_id": run_id, "architecture": self.architecture, "outputs": {"images": {service: image}}}
+        run = {
+            "run_id": run_id,
+            "architecture": self.architecture,
+            "outputs": {"images": {service: image}},
+        }
         return EffectContext(
             run_id=run_id,
             effect_id=f"deploy-{service}",
@@ -200,7 +222,14 @@ class Deployer:
             settings=self.settings,
         )
 
-    def deploy(self, service: str, image: str, *, registry: ProcessRegistry | None = None, timeout: float = 40.0) -> Outcome:
+    def deploy(
+        self,
+        service: str,
+        image: str,
+        *,
+        registry: ProcessRegistry | None = None,
+        timeout: float = 40.0,
+    ) -> Outcome:
         reg = registry or self.registry
         ctx = self.ctx(service, image)
         deadline = time.monotonic() + timeout
@@ -241,7 +270,9 @@ def registry(firestore_client: firestore.Client) -> ProcessRegistry:
 
 
 @pytest.fixture
-def deployer(settings: Settings, project: str, unique: str, registry: ProcessRegistry) -> Iterator[Deployer]:
+def deployer(
+    settings: Settings, project: str, unique: str, registry: ProcessRegistry
+) -> Iterator[Deployer]:
     d = Deployer(settings, project, unique, registry)
     yield d
     # Never leave a process behind, whatever the test did.
@@ -268,7 +299,11 @@ def healthz(url: str) -> requests.Response:
 
 
 def test_deploy_serves_healthz_and_redeploy_adopts(
-    deployer: Deployer, settings: Settings, subscriber_image: str, registry: ProcessRegistry, project: str
+    deployer: Deployer,
+    settings: Settings,
+    subscriber_image: str,
+    registry: ProcessRegistry,
+    project: str,
 ) -> None:
     first = deployer.deploy("subscriber", subscriber_image)
     assert first.type == "deploy.succeeded" and first.item == "subscriber"
@@ -283,21 +318,36 @@ def test_deploy_serves_healthz_and_redeploy_adopts(
     assert (settings.state_dir / "logs" / "subscriber.log").is_file()
 
     record, _ = registry.get(project, "subscriber")
-    assert record is not None and record.pid == pid and record.image == subscriber_image and record.url == url
+    assert (
+        record is not None
+        and record.pid == pid
+        and record.image == subscriber_image
+        and record.url == url
+    )
     assert record.run_id == "run-1" and record.fingerprint == fingerprint(pid)
 
     again = deployer.deploy("subscriber", subscriber_image)
     assert again.data == first.data  # adopted: same pid, same url
     assert processes_under(settings.state_dir) == [pid]
-    assert [p["service"] for p in list_processes(settings, project, registry=registry)] == ["subscriber"]
+    assert [p["service"] for p in list_processes(settings, project, registry=registry)] == [
+        "subscriber"
+    ]
     assert list_processes(settings, project, registry=registry)[0]["alive"] is True
 
 
 def test_new_image_replaces_the_process(
-    deployer: Deployer, settings: Settings, subscriber_image: str, tmp_path: Path, unique: str, registry: ProcessRegistry, project: str
+    deployer: Deployer,
+    settings: Settings,
+    subscriber_image: str,
+    tmp_path: Path,
+    unique: str,
+    registry: ProcessRegistry,
+    project: str,
 ) -> None:
     old = deployer.deploy("subscriber", subscriber_image)
-    new_image = write_artifact(settings.state_dir, "subscriber", subscriber_folder(tmp_path, unique, marker="b"))
+    new_image = write_artifact(
+        settings.state_dir, "subscriber", subscriber_folder(tmp_path, unique, marker="b")
+    )
     assert new_image != subscriber_image
 
     new = deployer.deploy("subscriber", new_image)
@@ -309,7 +359,9 @@ def test_new_image_replaces_the_process(
     assert record is not None and record.image == new_image and record.pid == new.data["pid"]
 
 
-def test_a_dead_process_is_replaced(deployer: Deployer, settings: Settings, subscriber_image: str) -> None:
+def test_a_dead_process_is_replaced(
+    deployer: Deployer, settings: Settings, subscriber_image: str
+) -> None:
     old = deployer.deploy("subscriber", subscriber_image)
     os.killpg(old.data["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 5
@@ -341,7 +393,9 @@ def test_a_restarted_daemon_adopts_instead_of_duplicating(
 def test_a_service_that_exits_fails_with_its_log_tail(
     deployer: Deployer, settings: Settings, tmp_path: Path, registry: ProcessRegistry, project: str
 ) -> None:
-    image = write_artifact(settings.state_dir, "crasher", single_file_folder(tmp_path, "crasher", CRASHER_MAIN))
+    image = write_artifact(
+        settings.state_dir, "crasher", single_file_folder(tmp_path, "crasher", CRASHER_MAIN)
+    )
     with pytest.raises(HandlerError) as failed:
         deployer.deploy("crasher", image)
     assert failed.value.retryable is False
@@ -353,11 +407,18 @@ def test_a_service_that_exits_fails_with_its_log_tail(
 
 
 def test_a_missing_secret_fails_naming_it(
-    deployer: Deployer, settings: Settings, tmp_path: Path, unique: str, registry: ProcessRegistry, project: str,
+    deployer: Deployer,
+    settings: Settings,
+    tmp_path: Path,
+    unique: str,
+    registry: ProcessRegistry,
+    project: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(secret_env_name(f"db.password-{unique}"), "not-the-missing-one")
-    image = write_artifact(settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN))
+    image = write_artifact(
+        settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN)
+    )
     with pytest.raises(HandlerError) as failed:
         deployer.deploy("echo", image)
     assert failed.value.retryable is False
@@ -368,8 +429,13 @@ def test_a_missing_secret_fails_naming_it(
 
 
 def test_environment_and_secrets_reach_only_the_process(
-    deployer: Deployer, settings: Settings, tmp_path: Path, unique: str, firestore_client: firestore.Client,
-    project: str, monkeypatch: pytest.MonkeyPatch,
+    deployer: Deployer,
+    settings: Settings,
+    tmp_path: Path,
+    unique: str,
+    firestore_client: firestore.Client,
+    project: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     token, password = f"tok-{unique}", f"pw-{unique}"
     monkeypatch.setenv(secret_env_name(f"api-token-{unique}"), token)
@@ -377,33 +443,76 @@ def test_environment_and_secrets_reach_only_the_process(
     secrets = settings.state_dir / "secrets"
     secrets.mkdir(parents=True)
     (secrets / f"db.password-{unique}").write_text(password + "\n")
-    image = write_artifact(settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN))
+    image = write_artifact(
+        settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN)
+    )
 
     outcome = deployer.deploy("echo", image)
     env: dict[str, Any] = healthz(outcome.data["url"]).json()
     port = outcome.data["url"].rsplit(":", 1)[1]
     assert env["PORT"] == port and env["HOST"] == "127.0.0.1"
-    assert env["PROJECT_ID"] == project and env["SERVICE_NAME"] == "echo" and env["DATAFLOW_NAME"] == "tracer"
+    assert (
+        env["PROJECT_ID"] == project
+        and env["SERVICE_NAME"] == "echo"
+        and env["DATAFLOW_NAME"] == "tracer"
+    )
     assert env["GREETING"] == "hello"
     assert env["API_TOKEN"] == token and env["DB_PASSWORD"] == password
     assert env["PUBSUB_EMULATOR_HOST"] == os.environ["PUBSUB_EMULATOR_HOST"]
     assert env["FIRESTORE_EMULATOR_HOST"] == os.environ["FIRESTORE_EMULATOR_HOST"]
     assert env["podium_vars"] == []  # the daemon's PODIUM_* (its secrets included) stay home
 
-    stored = json.dumps([d.to_dict() for d in firestore_client.collection(COLLECTION).stream()], default=str)
+    stored = json.dumps(
+        [d.to_dict() for d in firestore_client.collection(COLLECTION).stream()], default=str
+    )
     assert token not in stored and password not in stored
     log = (settings.state_dir / "logs" / "echo.log").read_text()
     assert token not in log and password not in log
 
 
-def test_stop_all_leaves_no_process(
-    deployer: Deployer, settings: Settings, subscriber_image: str, tmp_path: Path, registry: ProcessRegistry,
-    project: str, unique: str, monkeypatch: pytest.MonkeyPatch,
+def test_a_process_that_stopped_answering_is_restarted(
+    deployer: Deployer,
+    settings: Settings,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(secret_env_name(f"api-token-{unique}"), "t")
     monkeypatch.setenv(secret_env_name(f"db.password-{unique}"), "p")
-    echo_image = write_artifact(settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN))
-    pids = [deployer.deploy("subscriber", subscriber_image).data["pid"], deployer.deploy("echo", echo_image).data["pid"]]
+    image = write_artifact(
+        settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN)
+    )
+    first = deployer.deploy("echo", image)
+    workdir = settings.state_dir / "deploy" / "echo" / image.rsplit(":", 1)[1]
+    (workdir / f"unhealthy-{first.data['pid']}").touch()
+    assert healthz(first.data["url"]).status_code == 503
+
+    second = deployer.deploy("echo", image)
+    assert second.data["pid"] != first.data["pid"]
+    assert not pid_alive(first.data["pid"])
+    assert healthz(second.data["url"]).status_code == 200
+    assert processes_under(settings.state_dir) == [second.data["pid"]]
+
+
+def test_stop_all_leaves_no_process(
+    deployer: Deployer,
+    settings: Settings,
+    subscriber_image: str,
+    tmp_path: Path,
+    registry: ProcessRegistry,
+    project: str,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(secret_env_name(f"api-token-{unique}"), "t")
+    monkeypatch.setenv(secret_env_name(f"db.password-{unique}"), "p")
+    echo_image = write_artifact(
+        settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN)
+    )
+    pids = [
+        deployer.deploy("subscriber", subscriber_image).data["pid"],
+        deployer.deploy("echo", echo_image).data["pid"],
+    ]
     assert processes_under(settings.state_dir) == sorted(pids)
 
     assert stop_all(settings, project, registry=registry) == ["echo", "subscriber"]
@@ -413,7 +522,9 @@ def test_stop_all_leaves_no_process(
     assert stop_all(settings, project, registry=registry) == []
 
 
-def test_registry_write_is_conditional(registry: ProcessRegistry, deployer: Deployer, subscriber_image: str, project: str) -> None:
+def test_registry_write_is_conditional(
+    registry: ProcessRegistry, deployer: Deployer, subscriber_image: str, project: str
+) -> None:
     """Two deployers racing on one service: the second write loses instead of overwriting."""
     deployer.deploy("subscriber", subscriber_image)
     record, seen = registry.get(project, "subscriber")
@@ -424,4 +535,3 @@ def test_registry_write_is_conditional(registry: ProcessRegistry, deployer: Depl
     ours = dataclasses.replace(record, run_id="run-3")
     assert registry.replace(ours, seen) is False  # the document changed since `seen`
     assert registry.get(project, "subscriber")[0] == theirs
-
