@@ -206,7 +206,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     from handlers.deploy.local import stop_all
 
     settings = _settings()
-    stopped = stop_all(settings, args.project or settings.project)
+    stopped = stop_all(settings, args.project)
     if args.json:
         _print_json({"stopped": stopped})
     else:
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop the services the local backend started")
-    p.add_argument("--project", help="default: PODIUM_PROJECT")
+    p.add_argument("--project", help="only this architecture project's services (default: all)")
     _add_json(p)
     p.set_defaults(func=cmd_down)
 
@@ -284,13 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from machines.errors import EmulatorError
+    from machines.errors import EmulatorError, PodiumError
 
     try:
         return int(args.func(args))
     except EmulatorError as exc:
         print(f"podium: {exc.message}", file=sys.stderr)
         return EXIT_ENV
+    except PodiumError as exc:
+        print(f"podium: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

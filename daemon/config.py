@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "podium-dead-letter"
     notifications_topic: str | None = None
     collection: str = "orchestrations"
+    delivery: Literal["pull", "push"] = "pull"  # push: Pub/Sub POSTs to /pubsub/push, no streaming pull
     backend: Literal["local", "gcp", "standin"] = "local"  # standin: tests and benchmarks only
     source_root: Path = Field(default_factory=Path.cwd)
     state_dir: Path = Field(default_factory=lambda: Path.cwd() / ".podium")

@@ -105,4 +105,4 @@ class Daemon:
 def serve(settings: Settings) -> None:
     fmt = settings.log_format if settings.log_format != "auto" else ("json" if settings.backend == "gcp" else "console")
     logs.configure(fmt, settings.project)
-    Daemon(settings).run_forever()
+    Daemon(settings, pull=settings.delivery == "pull").run_forever()

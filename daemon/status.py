@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from google.cloud import firestore
@@ -45,7 +46,7 @@ def show_run(settings: Settings, run_id: str, *, events: bool, as_json: bool) ->
     store = store_for(settings)
     doc = store.get(run_id)
     if doc is None:
-        print(f"podium status: no run {run_id!r} in collection {settings.collection!r}")
+        print(f"podium status: no run {run_id!r} in collection {settings.collection!r}", file=sys.stderr)
         return EXIT_USAGE
     doc.pop("architecture", None)
     audit = store.events(run_id) if events else []

@@ -160,7 +160,7 @@ def _stop_services(settings: Settings, console: Console) -> None:
     try:
         from handlers.deploy.local import stop_all
 
-        stopped = stop_all(settings, settings.project)
+        stopped = stop_all(settings)
         if stopped:
             console.print(f"stopped local services: {', '.join(stopped)}")
     except Exception as exc:  # noqa: BLE001 - shutting down: report, do not mask the exit code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -98,7 +99,7 @@ def watch_run(settings: Settings, run_id: str, *, timeout: float, as_json: bool 
     client = firestore.Client(project=settings.project)
     run_ref = client.collection(settings.collection).document(run_id)
     if not run_ref.get().exists:
-        print(f"podium watch: no run {run_id!r}")
+        print(f"podium watch: no run {run_id!r}", file=sys.stderr)
         return 2
     started = time.monotonic()
     state: dict[str, Any] = {"doc": {}, "events": []}

@@ -406,10 +406,9 @@ def log_tail(record: ProcessRecord, chars: int = LOG_TAIL_CHARS) -> str:
 def stop_all(
     settings: Settings, project: str | None = None, registry: ProcessRegistry | None = None
 ) -> list[str]:
-    """Stop every registered process of ``project`` (default: ``settings.project``) and delete
-    its registry document. Returns the services whose records were removed, sorted."""
+    """Stop every registered process of ``project`` (default: every project this daemon's
+    registry knows) and delete its registry document. Returns the services stopped, sorted."""
     reg = registry or registry_for(settings.project)
-    project = project or settings.project
     stopped: list[str] = []
     for record in reg.for_project(project):
         stop_process(record.pid, record.fingerprint)
@@ -421,9 +420,9 @@ def stop_all(
 def list_processes(
     settings: Settings, project: str | None = None, registry: ProcessRegistry | None = None
 ) -> list[dict[str, Any]]:
-    """The registry's records of ``project`` (default: ``settings.project``), each with ``alive``."""
+    """The registry's records of ``project`` (default: every project), each with ``alive``."""
     reg = registry or registry_for(settings.project)
     return [
         {**record.to_dict(), "alive": is_alive(record.pid, record.fingerprint)}
-        for record in reg.for_project(project or settings.project)
+        for record in reg.for_project(project)
     ]

@@ -148,10 +148,12 @@ class ProcessRegistry:
             with contextlib.suppress(gexc.FailedPrecondition):
                 ref.delete(option=self.client.write_option(last_update_time=snap.update_time))
 
-    def for_project(self, project: str) -> list[ProcessRecord]:
-        snaps = self.collection.where(
-            filter=firestore.FieldFilter("project", "==", project)
-        ).stream()
+    def for_project(self, project: str | None) -> list[ProcessRecord]:
+        """The records of one project, or of every project when ``project`` is None."""
+        query: Any = self.collection
+        if project is not None:
+            query = query.where(filter=firestore.FieldFilter("project", "==", project))
+        snaps = query.stream()
         return sorted(
             (ProcessRecord.from_dict(s.to_dict() or {}) for s in snaps), key=lambda r: r.service
         )
