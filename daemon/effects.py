@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -49,7 +50,8 @@ class EffectRunner:
         self.publish = publish
         self._pool = ThreadPoolExecutor(max_workers=settings.effect_workers, thread_name_prefix="effect")
         self._limits = {k: threading.BoundedSemaphore(v) for k, v in (concurrency or {}).items()}
-        self._held: dict[tuple[str, str], str] = {}  # (run_id, effect_id) -> queued|running
+        self._held: dict[tuple[str, str], str] = {}  # (run_id, effect_id) -> queued|running|reported
+        self._reported_at: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -81,7 +83,13 @@ class EffectRunner:
     @property
     def busy(self) -> int:
         with self._lock:
-            return len(self._held)
+            return sum(1 for v in self._held.values() if v != "reported")
+
+    def settle(self, run_id: str, effect_id: str) -> None:
+        """The outcome of an effect was applied (here or by another replica): stop leasing it."""
+        with self._lock:
+            self._held.pop((run_id, effect_id), None)
+            self._reported_at.pop((run_id, effect_id), None)
 
     # ---- intake of work ------------------------------------------------------------
     def on_applied(self, applied: Applied) -> None:
@@ -118,7 +126,10 @@ class EffectRunner:
                 if limit is not None:
                     limit.release()
                 with self._lock:
-                    self._held.pop(key, None)
+                    if self._held.get(key) == "reported":
+                        self._reported_at[key] = time.monotonic()
+                    else:
+                        self._held.pop(key, None)
 
     def _execute(self, run_doc: Mapping[str, Any], effect: Mapping[str, Any], attempts: int) -> None:
         run_id, effect_id, kind = str(run_doc["run_id"]), str(effect["effect_id"]), str(effect["kind"])
@@ -180,6 +191,12 @@ class EffectRunner:
             self.publish(event, attrs)
         if not outcomes:
             self.store.effect_done(ctx.run_id, ctx.effect_id)
+        else:
+            # Keep the lease alive (heartbeat) until the outcome is applied, so a slow apply
+            # does not make the sweep run the effect again.
+            with self._lock:
+                if (ctx.run_id, ctx.effect_id) in self._held:
+                    self._held[(ctx.run_id, ctx.effect_id)] = "reported"
         log.info("effect finished", kind=ctx.kind, outcomes=[o.type for o in outcomes])
 
     def _retry_later(self, ctx: EffectContext, error: str, attempts: int) -> None:
@@ -197,6 +214,11 @@ class EffectRunner:
         period = max(self.settings.effect_lease_seconds / 3, 0.2)
         while not self._stop.wait(period):
             with self._lock:
+                # An outcome not applied within a few leases is given up: the sweep re-drives it.
+                cutoff = time.monotonic() - 5 * self.settings.effect_lease_seconds
+                for key in [k for k, t in self._reported_at.items() if t < cutoff]:
+                    self._held.pop(key, None)
+                    self._reported_at.pop(key, None)
                 keys = list(self._held)
             try:
                 self.store.extend_leases(keys)

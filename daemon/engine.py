@@ -39,6 +39,7 @@ class Inbound:
 
 
 EffectSink = Callable[[Applied], None]
+Settled = Callable[[str, str], None]
 Notifier = Callable[[Applied], None]
 
 
@@ -49,11 +50,13 @@ class Engine:
         store: RunStore,
         on_applied: EffectSink | None = None,
         notify: Notifier | None = None,
+        settled: Settled | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.on_applied = on_applied or (lambda _a: None)
         self.notify = notify or (lambda _a: None)
+        self.settled = settled or (lambda _r, _e: None)
 
     # ---- entry points ----------------------------------------------------------------
     def on_command(self, msg: Inbound) -> Verdict:
@@ -128,6 +131,8 @@ class Engine:
             effects=len(applied.effects),
             detail=applied.detail,
         )
+        if applied.settled_effect:
+            self.settled(applied.run_id, applied.settled_effect)
         if applied.effects:
             crash_point("before_effect", applied.effects[0].kind)
             self.on_applied(applied)

@@ -51,7 +51,9 @@ class Daemon:
             concurrency=backends.concurrency_for(settings),
         )
         self.notifier = Notifier(settings, self.publisher)
-        self.engine = Engine(settings, self.store, on_applied=self.effects.on_applied, notify=self.notifier)
+        self.engine = Engine(
+            settings, self.store, on_applied=self.effects.on_applied, notify=self.notifier, settled=self.effects.settle
+        )
         self.timers = TimerSweep(self.engine, settings.sweep_interval_seconds)
         self.intake = PullIntake(settings, self.engine)
         self.http = DaemonHTTP(settings, self.engine, self.healthy, verify_token=make_verifier(settings), port=http_port)
@@ -87,19 +89,18 @@ class Daemon:
         log.info("stopped", seconds=round(time.monotonic() - began, 2))
 
     def run_forever(self) -> None:
+        requested = threading.Event()
+
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("signal received", signal=signal.Signals(signum).name)
-            threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
+            requested.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.start()
-        while not self._stopped.is_set():
-            self._stopped.wait(0.5)
-        # stop() runs in its own thread; wait for it to finish its bounded work.
-        deadline = time.monotonic() + STOP_BUDGET_SECONDS + 1
-        while self.effects.busy and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not requested.wait(0.5):
+            pass
+        self.stop()  # on the main thread, so the process exits only after its bounded stop
 
 
 def serve(settings: Settings) -> None:

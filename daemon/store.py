@@ -60,6 +60,7 @@ class Applied:
     decision: Decision | None = None
     effects: list[EffectSpec] = field(default_factory=list)
     run_doc: dict[str, Any] = field(default_factory=dict)
+    settled_effect: str | None = None  # the effect whose outcome this message was (now done)
 
     @property
     def from_state(self) -> str | None:
@@ -177,7 +178,7 @@ class RunStore:
                            "duplicate", "already applied"),
                 )
                 self._mark_done(transaction, run_ref, effect_id, now)
-                return Applied("duplicate", event.run_id, "already applied", run_doc=doc)
+                return Applied("duplicate", event.run_id, "already applied", run_doc=doc, settled_effect=effect_id)
             run = RunState.model_validate(doc)
             decision = decide(run, event, now)
             if decision.applied:
@@ -196,7 +197,7 @@ class RunStore:
             )
             self._write_effects(transaction, run_ref, decision.effects, now)
             self._mark_done(transaction, run_ref, effect_id, now)
-            return Applied(decision.outcome, event.run_id, decision.detail, decision, decision.effects, doc)
+            return Applied(decision.outcome, event.run_id, decision.detail, decision, decision.effects, doc, effect_id)
 
         with self._serial(event.run_id):
             return tx(self.client.transaction())

@@ -20,8 +20,8 @@
 # policies below. Run it again after a change; run it as a project owner (or equivalent).
 #
 # Names are daemon/config.py's defaults (DESIGN.md section 3): topics podium-commands,
-# podium-events, podium-dead-letter; subscriptions <topic>-podium; Firestore collection
-# orchestrations. The daemon creates the same topics and subscriptions if they are missing
+# podium-events, podium-dead-letter and Cloud Build's cloud-builds; subscriptions <topic>-podium;
+# Firestore collection orchestrations. The daemon creates the same topics and subscriptions if they are missing
 # (daemon/pubsub.py ensure_daemon_plumbing), with the same policies as here.
 #
 # Firestore single-field indexes are automatic and cover the other queries the code makes
@@ -47,7 +47,8 @@ SUBSCRIPTION_SUFFIX="-podium"
 COMMANDS_SUBSCRIPTION="${COMMANDS_TOPIC}${SUBSCRIPTION_SUFFIX}"
 EVENTS_SUBSCRIPTION="${EVENTS_TOPIC}${SUBSCRIPTION_SUFFIX}"
 DEAD_LETTER_SUBSCRIPTION="${DEAD_LETTER_TOPIC}${SUBSCRIPTION_SUFFIX}"
-# Cloud Build publishes build status changes on this topic (DESIGN.md section 6).
+# Cloud Build publishes build status changes on this topic (DESIGN.md section 6); the daemon
+# consumes it in gcp mode (Settings.cloud_builds_topic).
 CLOUD_BUILDS_TOPIC="cloud-builds"
 CLOUD_BUILDS_SUBSCRIPTION="${CLOUD_BUILDS_TOPIC}${SUBSCRIPTION_SUFFIX}"
 
@@ -214,18 +215,20 @@ grant_dead_letter_rights() {
   retry gc pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" \
     --member="$agent" --role=roles/pubsub.publisher >/dev/null
   local sub
-  for sub in "$COMMANDS_SUBSCRIPTION" "$EVENTS_SUBSCRIPTION"; do
+  for sub in "$COMMANDS_SUBSCRIPTION" "$EVENTS_SUBSCRIPTION" "$CLOUD_BUILDS_SUBSCRIPTION"; do
     retry gc pubsub subscriptions add-iam-policy-binding "$sub" \
       --member="$agent" --role=roles/pubsub.subscriber >/dev/null
   done
 }
 
-# The daemon's three subscriptions, pull (no endpoint) or push (endpoint).
+# The daemon's four subscriptions (daemon/pubsub.py ensure_daemon_plumbing, gcp backend), pull
+# (no endpoint) or push (endpoint: daemon/http.py routes all four).
 ensure_daemon_subscriptions() {
   local endpoint=${1:-}
   ensure_subscription "$DEAD_LETTER_SUBSCRIPTION" "$DEAD_LETTER_TOPIC" no no "$endpoint"
   ensure_subscription "$COMMANDS_SUBSCRIPTION" "$COMMANDS_TOPIC" no yes "$endpoint"
   ensure_subscription "$EVENTS_SUBSCRIPTION" "$EVENTS_TOPIC" yes yes "$endpoint"
+  ensure_subscription "$CLOUD_BUILDS_SUBSCRIPTION" "$CLOUD_BUILDS_TOPIC" no yes "$endpoint"
   grant_dead_letter_rights
 }
 
@@ -284,8 +287,6 @@ step_pubsub() {
   for topic in "$COMMANDS_TOPIC" "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC" "$CLOUD_BUILDS_TOPIC"; do
     ensure_topic "$topic"
   done
-  # Cloud Build notifications: always a pull subscription (the push endpoint has no route for it).
-  ensure_subscription "$CLOUD_BUILDS_SUBSCRIPTION" "$CLOUD_BUILDS_TOPIC" no no
   if [[ "$MODE" == "pull" ]]; then
     ensure_daemon_subscriptions
   else
