@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-test: venv
+test: venv lint
 	$(WITH_EMULATORS) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
