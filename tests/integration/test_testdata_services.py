@@ -337,7 +337,7 @@ def test_ping_is_answered_ready_on_reply_to_ordered_by_run(harness: DirectorHarn
 
     assert reply.envelope == {
         "run_id": "run-ping",
-        "event_id": f"director/{command_id}/ready",
+        "event_id": f"director~{command_id}~ready",
         "type": "director.ready",
         "item": "director",
         "data": {"command_id": command_id},
@@ -357,7 +357,7 @@ def test_dataflow_setup_is_idempotent_per_command_and_per_resource(
 
     assert reply.envelope == {
         "run_id": "run-setup",
-        "event_id": f"director/{first}/dataflow_complete",
+        "event_id": f"director~{first}~dataflow_complete",
         "type": "director.dataflow_complete",
         "item": "tracer",
         "data": {"command_id": first, "created": [topic, sub], "existed": []},
@@ -398,7 +398,7 @@ def test_bad_commands_are_answered_or_dropped_never_fatal(
     unknown = harness.send("explode", run_id="run-bad")
     reply = harness.reply(unknown)
     assert reply.envelope["type"] == "director.failed"
-    assert reply.envelope["event_id"] == f"director/{unknown}/failed"
+    assert reply.envelope["event_id"] == f"director~{unknown}~failed"
     assert "unknown instruction 'explode'" in reply.envelope["data"]["error"]
 
     orphan = {"name": f"orphan-sub-{unique}", "topic": f"no-such-topic-{unique}"}
@@ -434,7 +434,7 @@ def test_dependent_setup_records_urls_and_teardown_deletes_only_the_payload(
     )
     reply = harness.reply(dependent).envelope
     assert reply["type"] == "director.dependent_complete"
-    assert reply["event_id"] == f"director/{dependent}/dependent_complete"
+    assert reply["event_id"] == f"director~{dependent}~dependent_complete"
     assert reply["data"] == {"command_id": dependent, "services": ["publisher", "subscriber"]}
 
     teardown = harness.send("teardown", run_id="run-td", payload=tracer_payload(topic, sub))
