@@ -1,24 +1,50 @@
-"""Which handler runs each effect kind, by backend (DESIGN.md §3 ``PODIUM_BACKEND``)."""
+"""Which handler runs each effect kind, by backend (DESIGN.md §3 ``PODIUM_BACKEND``).
+
+Config generation, preflight and director commands are the same everywhere (files, local
+subprocesses, Pub/Sub); IAM, builds and deploys have a ``local`` and a ``gcp`` backend.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 from daemon.config import Settings
-from handlers import standin
+from handlers import director, standin
 from handlers.base import Handler
+from handlers.configgen import configgen_effect
+from handlers.iam import effects as iam
+from handlers.iam.base import IamBackend
+from handlers.preflight import preflight_effect
+
+
+def _table(iam_backend: IamBackend, build: Handler, deploy: Handler) -> dict[str, Handler]:
+    return {
+        "configgen": configgen_effect,
+        "preflight": preflight_effect,
+        "iam.provision": partial(iam.provision, backend=iam_backend),
+        "iam.verify": partial(iam.verify, backend=iam_backend),
+        "iam.bind": partial(iam.bind, backend=iam_backend),
+        "build": build,
+        "deploy": deploy,
+        "director.command": director.send,
+    }
 
 
 def handlers_for(settings: Settings) -> Mapping[str, Handler]:
     if settings.backend == "standin":
         return standin.HANDLERS
-    from handlers import local_backend
-
     if settings.backend == "local":
-        return local_backend.handlers(settings)
-    from handlers import gcp_backend
+        from handlers.build.local import build_local
+        from handlers.deploy.local import deploy_local
+        from handlers.iam.local import LocalIam
 
-    return gcp_backend.handlers(settings)
+        return _table(LocalIam(settings), build_local, deploy_local)
+    from handlers.build.gcp import build_gcp
+    from handlers.deploy.gcp import deploy_gcp
+    from handlers.iam.gcp import GcpIam
+
+    return _table(GcpIam(project=settings.project), build_gcp, deploy_gcp)
 
 
 def concurrency_for(settings: Settings) -> dict[str, int]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from daemon.config import Settings
-    from machines.architecture import Architecture
+    from machines.architecture import Architecture, ServiceSpec
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,18 @@ class EffectContext:
     @property
     def trace_id(self) -> str | None:
         return self.run.get("trace_id")
+
+    def target(self) -> tuple[str, str, ServiceSpec]:
+        """(service, its dataflow, its spec) named by ``item``; a non-retryable error if unknown."""
+        from machines.errors import HandlerError
+        from machines.hydration import all_services
+
+        service = self.item or ""
+        services = all_services(self.architecture)
+        if service not in services:
+            raise HandlerError(f"{self.kind}: service {service!r} is not in the architecture", retryable=False)
+        dataflow, spec = services[service]
+        return service, dataflow, spec
 
 
 Handler = Callable[[EffectContext], Sequence[Outcome]]

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal
 
 from handlers.base import EffectContext, Outcome
-from machines.errors import HandlerError
 
 Reason = Literal["passed", "failed", "timeout", "no_tests", "missing_dir"]
 
@@ -156,13 +155,9 @@ def run_preflight_all(
 
 def preflight_effect(ctx: EffectContext) -> Sequence[Outcome]:
     """Effect kind ``preflight`` (one service): run its tests, report passed or failed with the tail."""
-    from machines.hydration import all_services, service_dir
+    from machines.hydration import service_dir
 
-    service = ctx.item or ""
-    services = all_services(ctx.architecture)
-    if service not in services:
-        raise HandlerError(f"service {service!r} is not in the architecture", retryable=False)
-    _dataflow, spec = services[service]
+    service, _dataflow, spec = ctx.target()
     result = run_preflight(service, service_dir(spec, ctx.source_root), timeout=ctx.settings.preflight_timeout_seconds)
     data = {"reason": result.reason, "output_tail": result.output_tail[-2000:], "duration_s": result.duration_s}
     if result.passed:

@@ -361,7 +361,7 @@ def _store(service: str, work: Path, entries: Sequence[SourceEntry], out_dir: Pa
 def resolve_service(ctx: EffectContext) -> tuple[str, ServiceSpec, Path]:
     """(service, its spec, its build folder) for a ``build`` effect, or a non-retryable error."""
     from machines.errors import InvalidArchitecture
-    from machines.hydration import all_services, service_dir
+    from machines.hydration import service_dir
 
     service = ctx.item or ""
     root = str(ctx.run.get("source_root") or "")
@@ -370,12 +370,7 @@ def resolve_service(ctx: EffectContext) -> tuple[str, ServiceSpec, Path]:
             f"build of service {service!r}: a gs:// source_root ({root}) is not supported by the build handler",
             retryable=False,
         )
-    services = all_services(ctx.architecture)
-    if service not in services:
-        raise HandlerError(
-            f"build: service {service!r} is not in the architecture", retryable=False
-        )
-    _dataflow, spec = services[service]
+    service, _dataflow, spec = ctx.target()
     try:
         folder = service_dir(spec, ctx.source_root)
     except InvalidArchitecture as exc:

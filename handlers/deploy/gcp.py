@@ -43,7 +43,7 @@ from google.cloud import run_v2
 from handlers.base import EffectContext, Outcome
 from machines.architecture import Architecture, DeploymentSpec
 from machines.errors import HandlerError, NotReady
-from machines.hydration import all_services, service_account_email
+from machines.hydration import service_account_email
 
 __all__ = [
     "RECHECK_SECONDS",
@@ -139,14 +139,8 @@ def _region(arch: Architecture, deployment: DeploymentSpec, service: str) -> str
 def deploy_gcp(
     ctx: EffectContext, client: run_v2.ServicesClient | None = None
 ) -> Sequence[Outcome]:
-    service = ctx.item or ""
     arch = ctx.architecture
-    services = all_services(arch)
-    if service not in services:
-        raise HandlerError(
-            f"deploy: service {service!r} is not in the architecture", retryable=False
-        )
-    _dataflow, spec = services[service]
+    service, _dataflow, spec = ctx.target()
     if spec.deployment is None:
         raise HandlerError(f"deploy: service {service!r} has no deployment", retryable=False)
     deployment = spec.deployment

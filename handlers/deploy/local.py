@@ -63,7 +63,6 @@ from handlers.deploy.registry import (
 )
 from machines.architecture import DeploymentSpec
 from machines.errors import HandlerError, NotReady
-from machines.hydration import all_services
 
 __all__ = [
     "HEALTH_GRACE_SECONDS",
@@ -96,14 +95,8 @@ def registry_for(project: str) -> ProcessRegistry:
 
 
 def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) -> Sequence[Outcome]:
-    service = ctx.item or ""
     arch = ctx.architecture
-    services = all_services(arch)
-    if service not in services:
-        raise HandlerError(
-            f"deploy: service {service!r} is not in the architecture", retryable=False
-        )
-    dataflow, spec = services[service]
+    service, dataflow, spec = ctx.target()
     if spec.deployment is None:
         raise HandlerError(f"deploy: service {service!r} has no deployment", retryable=False)
     deployment = spec.deployment
