@@ -128,8 +128,10 @@ class RunStore:
             now = utcnow()
             snap = run_ref.get(transaction=transaction)
             if snap.exists:
+                # A derived id: a redelivered start (same message id) must not overwrite the
+                # record of the start it applied, which holds version 1.
                 transaction.set(
-                    run_ref.collection(EVENTS).document(event_id),
+                    run_ref.collection(EVENTS).document(f"{event_id}~dup~{message_id}"),
                     _audit(event_id, "command.start", None, message_id, now, snap.get("state"), None, "duplicate",
                            f"run {run_id} already exists; start ignored"),
                 )

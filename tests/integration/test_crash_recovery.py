@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from tests.integration.conftest import (
     assert_consistent,
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def _ledger(db, run_id: str) -> dict[str, int]:
-    docs = db.collection("standin_ledger").where("run_id", "==", run_id).stream()
+    docs = db.collection("standin_ledger").where(filter=FieldFilter("run_id", "==", run_id)).stream()
     return {d.to_dict()["effect_id"]: d.to_dict()["executions"] for d in docs}
 
 
