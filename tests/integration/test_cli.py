@@ -405,3 +405,30 @@ def test_plan_of_a_broken_file_exits_2(env, capsys, broken_file):
     code, out, err = run(capsys, "plan", str(broken_file.parent / "missing.yaml"))
     assert code == cli.EXIT_USAGE
     assert "cannot read" in out + err
+
+
+def test_down_stops_what_the_local_backend_started(env, capsys):
+    import subprocess
+    from datetime import UTC, datetime
+
+    from handlers.deploy.local import registry_for
+    from handlers.deploy.registry import ProcessRecord, fingerprint
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        record = ProcessRecord(
+            project="some-arch-project", service="lonely", pid=proc.pid, port=1, url="http://127.0.0.1:1",
+            image="local://lonely@sha256:0", started_at=datetime.now(UTC), run_id="r", effect_id="e",
+            log_path="/dev/null", log_offset=0, fingerprint=fingerprint(proc.pid) or "", workdir="/tmp",
+            config_hash="x",
+        )
+        assert registry_for(env.project).replace(record, None)
+        code, out = json_out(capsys, "down", "--json")
+        assert code == 0
+        assert out == {"stopped": ["lonely"]}
+        assert proc.wait(10) is not None  # the process is gone
+        code, out = json_out(capsys, "down", "--json")
+        assert out == {"stopped": []}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
