@@ -119,7 +119,6 @@ class _RunModel:
         self.event = event
         self.now = now
         self.effects: list[EffectSpec] = []
-        self.notes: list[str] = []
 
     # ---- helpers used by callbacks -------------------------------------------------
     def limit(self, key: str) -> float:
@@ -488,8 +487,6 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
         return _ignored(run, event, f"{event.type} changed nothing in state '{state}'")
     model.run.state = model.state
     detail = f"{state} -> {model.state}" if model.state != state else f"recorded in '{state}'"
-    if model.notes:
-        detail += "; " + "; ".join(model.notes)
     return Decision("applied", state, model.state, model.run, model.effects, detail)
 
 
