@@ -33,15 +33,11 @@ def worker(tree: Path, runs: int, events: int, passes: int, log_format: str) -> 
     sys.path.insert(0, str(tree))
     import logging
 
-    import daemon.config
-    import daemon.engine
-    import daemon.intake
+    for name in ("daemon.config", "daemon.engine", "daemon.intake", "daemon.logs", "daemon.pubsub", "daemon.store",
+                 "handlers.standin", "machines.messages", "machines.orchestration"):
+        importlib.import_module(name)
     import daemon.logs
-    import daemon.pubsub
     import daemon.store
-    import handlers.standin
-    import machines.messages
-    import machines.orchestration  # noqa: F401
 
     assert Path(daemon.store.__file__).resolve().is_relative_to(tree.resolve()), daemon.store.__file__
     if log_format == "warning":

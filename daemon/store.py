@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -84,10 +85,8 @@ class RunStore:
         self.lease = timedelta(seconds=lease_seconds)
         # Transactions on one run are serialised inside this replica: the Firestore emulator (and
         # Firestore's pessimistic mode) would otherwise make them wait on each other's locks.
-        self._stripes = [threading.Lock() for _ in range(64)]
-
-    def _serial(self, run_id: str) -> threading.Lock:
-        return self._stripes[hash(run_id) % len(self._stripes)]
+        # One lock per run, not per hash stripe: two different runs never wait for each other.
+        self._serial = _RunLocks()
 
     # ---- reads -----------------------------------------------------------------------
     def get(self, run_id: str) -> dict[str, Any] | None:
@@ -186,9 +185,12 @@ class RunStore:
             if decision.applied:
                 decision.run.version = run.version + 1
                 decision.run.updated_at = now
-                transaction.update(run_ref, run_fields(decision.run))
+                fields = run_fields(decision.run)
+                # Only the fields this transition changed (always version and updated_at): the
+                # document ends the same, with less to encode and send than every machine field.
+                transaction.update(run_ref, {k: v for k, v in fields.items() if k not in doc or doc[k] != v})
                 record_id = event.event_id
-                doc = doc | run_fields(decision.run)
+                doc = doc | fields
             else:  # an ignored event does not consume its id: a valid twin may still come
                 record_id = f"{event.event_id}~ign~{message_id}"
             transaction.set(
@@ -343,6 +345,31 @@ class RunStore:
             if "seq" in timer:
                 out.append((snap.id, int(timer["seq"])))
         return out
+
+
+class _RunLocks:
+    """A lock per run id, kept only while a thread holds or waits for it (memory stays bounded)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def __call__(self, run_id: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.get(run_id)
+            if entry is None:
+                entry = self._locks[run_id] = (threading.Lock(), [0])
+            lock, users = entry
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[run_id]
 
 
 def _audit(
