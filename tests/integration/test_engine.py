@@ -177,3 +177,32 @@ def test_silent_director_fails_after_its_budget_then_retry_finishes(settings, db
     doc = run_doc(db, settings, "silent-1")
     assert doc["attempt"] == 1
     assert_consistent(db, settings, "silent-1")
+
+
+def test_a_message_that_keeps_failing_transiently_is_dead_lettered_and_recorded(settings, db, daemon_factory):
+    from google.api_core.exceptions import ServiceUnavailable
+
+    daemon = daemon_factory(settings)
+    real_start = daemon.store.start
+    attempts: list[str] = []
+
+    def flaky_start(run_id, *args, **kwargs):
+        if run_id == "always-down":
+            attempts.append(run_id)
+            raise ServiceUnavailable("firestore is away")
+        return real_start(run_id, *args, **kwargs)
+
+    daemon.store.start = flaky_start
+    publish(settings, start_body("always-down"))
+
+    def dead_letter():  # the dead-letter topic gives the message a new id; the body is the original
+        return next((r for r in rejected(db).values() if r["reason"] == "dead_lettered"), None)
+
+    record = wait_for(dead_letter, 60, "the dead letter to be recorded")
+    assert record["reason"] == "dead_lettered"
+    assert record["attributes"]["CloudPubSubDeadLetterSourceDeliveryCount"] == str(settings.max_delivery_attempts)
+    assert "always-down" in record["body"]
+    assert len(attempts) >= settings.max_delivery_attempts
+    # and the daemon still serves
+    publish(settings, start_body("after-dlq"))
+    assert wait_status(db, settings, "after-dlq")["status"] == "succeeded"
