@@ -76,7 +76,10 @@ def up(
             stack.callback(emulators.stop)
             emulators.export()
         os.environ.setdefault("PODIUM_PROJECT", "podium-local")
-        settings = Settings(backend="local", source_root=architecture.parent, state_dir=state_dir)
+        # One machine, no bill for reads: sweep often, so timers and re-checks fire promptly.
+        settings = Settings(
+            backend="local", source_root=architecture.parent, state_dir=state_dir, sweep_interval_seconds=0.5
+        )
         console.print(f"emulators: pubsub {emulators.pubsub_host}, firestore {emulators.firestore_host}")
         ensure_daemon_plumbing(settings)
         daemon = Daemon(settings, http_port=0)
