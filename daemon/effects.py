@@ -170,8 +170,25 @@ class EffectRunner:
     def _checked(self, ctx: EffectContext, outcomes: Any) -> Sequence[Outcome]:
         """A handler that returns garbage fails the run with a clear error instead of hanging it."""
         if isinstance(outcomes, (list, tuple)) and all(isinstance(o, Outcome) for o in outcomes):
+            try:  # an outcome that is no valid event would crash _report and be re-driven until the timeout
+                for outcome in outcomes:
+                    self._event(ctx, outcome).to_json()
+            except Exception as exc:  # noqa: BLE001 - pydantic validation or serialisation errors
+                return [self._failure(ctx, f"handler for {ctx.kind} returned an outcome that is not a valid event: {exc}")]
             return outcomes
         return [self._failure(ctx, f"handler for {ctx.kind} returned {type(outcomes).__name__}, not outcomes")]
+
+    @staticmethod
+    def _event(ctx: EffectContext, outcome: Outcome) -> Event:
+        data = dict(outcome.data)
+        data["effect_id"] = ctx.effect_id
+        return Event(
+            run_id=ctx.run_id,
+            event_id=f"{ctx.effect_id}~{outcome.type}~{outcome.item or '-'}",
+            type=outcome.type,
+            item=outcome.item,
+            data=data,
+        )
 
     def _report(self, ctx: EffectContext, outcomes: Sequence[Outcome]) -> None:
         attrs = {"run_id": ctx.run_id}
@@ -179,16 +196,7 @@ class EffectRunner:
             attrs["trace_id"] = ctx.trace_id
         for outcome in outcomes:
             attrs["type"] = outcome.type
-            data = dict(outcome.data)
-            data["effect_id"] = ctx.effect_id
-            event = Event(
-                run_id=ctx.run_id,
-                event_id=f"{ctx.effect_id}~{outcome.type}~{outcome.item or '-'}",
-                type=outcome.type,
-                item=outcome.item,
-                data=data,
-            )
-            self.publish(event, attrs)
+            self.publish(self._event(ctx, outcome), attrs)
         if not outcomes:
             self.store.effect_done(ctx.run_id, ctx.effect_id)
         else:

@@ -7,14 +7,17 @@ control bounds what is in flight. Shutdown cancels the streams and waits for cal
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import structlog
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.message import Message
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
 from daemon.config import Settings
 from daemon.engine import Engine, Inbound, Verdict
@@ -23,11 +26,28 @@ from daemon.pubsub import sub_path
 log = structlog.get_logger("podium.intake")
 
 
+def subscriber_client() -> pubsub_v1.SubscriberClient:
+    """A subscriber client that can receive any message Pub/Sub accepts (up to 10 MB).
+
+    On the emulator the client library opens a bare channel with gRPC's default 4 MiB receive
+    limit (its production channels have none): a larger message would break every streaming
+    pull response it is part of, again at each redelivery, starving the messages batched
+    with it. Give the emulator channel the production limits.
+    """
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not host:
+        return pubsub_v1.SubscriberClient()
+    channel = grpc.insecure_channel(
+        host, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    )
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
 class PullIntake:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
-        self.client = pubsub_v1.SubscriberClient()
+        self.client = subscriber_client()
         self._futures: dict[str, pubsub_v1.subscriber.futures.StreamingPullFuture] = {}
         self._lock = threading.Lock()
 

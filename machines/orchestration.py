@@ -466,6 +466,8 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     elif event.type.endswith(".failed"):
         _record_item_failure(run, event)
     elif event.type == "iam.accounts_created":
+        if not isinstance(event.data.get("service_accounts", {}), Mapping):  # dict() below would raise
+            return _ignored(run, event, "iam.accounts_created whose service_accounts is not a map")
         _record_outputs(run, event)
 
     model = _RunModel(run, event, now)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from daemon.emulators import Emulators
 from tests.integration.conftest import (  # noqa: F401 - fixtures re-exported for this folder
@@ -58,10 +60,25 @@ def summary(category: str, tried: int, survived: int, lost: int) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if SUMMARY:
+    # pytest loads this file as a conftest module, the tests import it as tests.faults.conftest:
+    # the lines are in the latter's list.
+    from tests.faults import conftest as shared
+
+    if shared.SUMMARY:
         terminalreporter.section("fault injection")
-        for line in SUMMARY:
+        for line in shared.SUMMARY:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(autouse=True)
+def quiet_daemon_logs() -> Iterator[None]:
+    """In-process daemons log warnings and errors only (``-s`` shows the fault lines, not every
+    transition); the previous structlog configuration is restored afterwards."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        cache_logger_on_first_use=False)
+    yield
+    structlog.configure(**saved)
 
 
 # ---- processes --------------------------------------------------------------------------
