@@ -27,8 +27,20 @@ lint: venv
 run: venv
 	$(VENV)/bin/podium up
 
+# Every benchmark, each under its own fresh pair of emulators (several minutes; not run by CI).
+# Figures land in bench/results/*.json (not in git), the charts in docs/; see docs/performance.md.
 bench: venv
-	$(WITH_EMULATORS) $(PY) bench/engine.py
+	$(PY) -c 'import matplotlib, pyinstrument' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	$(WITH_EMULATORS) $(PY) bench/engine.py --runs 50 --events 20 --repeat $${BENCH_REPEAT:-3} \
+		--memory-runs 10000 --output bench/results/engine.json
+	$(WITH_EMULATORS) $(PY) bench/engine.py --runs 500 --events 10 --repeat $${BENCH_REPEAT:-3} \
+		--memory-runs 0 --output bench/results/engine-500x10.json
+	$(WITH_EMULATORS) $(PY) bench/scaling.py --repeat $${BENCH_REPEAT:-3}
+	$(WITH_EMULATORS) $(PY) bench/scaleout.py
+	$(WITH_EMULATORS) $(PY) bench/e2e.py --repeat $${BENCH_REPEAT:-3}
+	$(WITH_EMULATORS) $(PY) bench/e2e.py --repeat $${BENCH_REPEAT:-3} --sweep-interval 0.5 --png '' \
+		--output bench/results/e2e-sweep0.5.json
+	$(WITH_EMULATORS) $(PY) bench/profile.py --runs 50 --events 20 --repeat $${BENCH_REPEAT:-3}
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -35,6 +36,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +68,42 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _emulator_pids() -> dict[str, int]:
+    """The two emulator JVMs this run talks to, found by the ports in their command lines."""
+    ports = {name: os.environ.get(var, "").rpartition(":")[2]
+             for name, var in (("pubsub", "PUBSUB_EMULATOR_HOST"), ("firestore", "FIRESTORE_EMULATOR_HOST"))}
+    found: dict[str, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        for name, port in ports.items():
+            if port and "java" in cmd and f"--port={port}" in cmd:
+                found[name] = int(proc.name)
+    return found
+
+
+def emulator_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each emulator JVM (empty if not found)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for name, pid in _emulator_pids().items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+    return {f"{k}_cpu_ms_per_event": round((after[k] - before[k]) * 1000 / max(events, 1), 2)
+            for k in after if k in before}
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
@@ -93,22 +131,31 @@ def seed_runs(db: firestore.Client, collection: str, prefix: str, runs: int, ser
     return ids
 
 
+# At most this many publishes in flight. The client commits every ordering key's batch on a
+# thread of its own, so an unbounded burst over R keys starts R threads at once (10,000 for the
+# memory check): hundreds of runnable threads on 2 cores then slow everything, both sides alike.
+PUBLISH_INFLIGHT = 200
+
+
 def publish_events(settings: Settings, run_ids: list[str], services: int, sent: dict[str, float]) -> float:
     publisher = pubsub_v1.PublisherClient(
         publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
     )
     topic = topic_path(settings.project, settings.events_topic)
-    futures = []
+    inflight: deque[Any] = deque()
     began = time.monotonic()
     for i in range(services):
         for run_id in run_ids:
             event_id = f"bench~{run_id}~{i}"
             body = {"run_id": run_id, "event_id": event_id, "type": "deploy.succeeded",
                     "item": f"svc{i:03d}", "data": {"url": f"http://{i}"}}
+            while len(inflight) >= PUBLISH_INFLIGHT:
+                inflight.popleft().result(timeout=60)
             sent[event_id] = time.monotonic()
-            futures.append(publisher.publish(topic, json.dumps(body).encode(), ordering_key=run_id, run_id=run_id))
-    for f in futures:
+            inflight.append(publisher.publish(topic, json.dumps(body).encode(), ordering_key=run_id, run_id=run_id))
+    for f in inflight:
         f.result(timeout=60)
+    publisher.stop()
     return time.monotonic() - began
 
 
@@ -148,11 +195,13 @@ def bench_podium(settings: Settings, runs: int, services: int, label: str) -> di
     intake = PullIntake(settings, engine)
     intake.start()
     sent: dict[str, float] = {}
-    began, cpu_began = time.monotonic(), time.process_time()
+    began, cpu_began, emu_began = time.monotonic(), time.process_time(), emulator_cpu_seconds()
     publish_events(settings, ids, services, sent)
     finished = recorder.done.wait(600)
     elapsed, cpu = time.monotonic() - began, time.process_time() - cpu_began
+    emulators = cpu_split(emu_began, emulator_cpu_seconds(), len(recorder.committed))
     intake.stop()
+    db.close()
     latencies = [recorder.committed[k] - sent[k] for k in recorder.committed if k in sent]
     return {
         "engine": "podium",
@@ -163,6 +212,7 @@ def bench_podium(settings: Settings, runs: int, services: int, label: str) -> di
         "seconds": round(elapsed, 2),
         "events_per_second": round(len(recorder.committed) / elapsed, 1),
         "cpu_ms_per_event": round(cpu * 1000 / max(len(recorder.committed), 1), 2),
+        **emulators,
         "latency_ms": percentiles(latencies),
         "rss_mb": round(rss_mb(), 1),
     }
@@ -209,14 +259,16 @@ def bench_floor(settings: Settings, runs: int, services: int, label: str) -> dic
         scheduler=ThreadScheduler(ThreadPoolExecutor(max_workers=16)),
     )
     sent: dict[str, float] = {}
-    began, cpu_began = time.monotonic(), time.process_time()
+    began, cpu_began, emu_began = time.monotonic(), time.process_time(), emulator_cpu_seconds()
     publish_events(settings, ids, services, sent)
     finished = recorder.done.wait(600)
     elapsed, cpu = time.monotonic() - began, time.process_time() - cpu_began
+    emulators = cpu_split(emu_began, emulator_cpu_seconds(), len(recorder.committed))
     future.cancel()
     with contextlib.suppress(Exception):  # cancelled: wait for the stream (and its acks) to close
         future.result(timeout=5)
     subscriber.close()
+    db.close()
     latencies = [recorder.committed[k] - sent[k] for k in recorder.committed if k in sent]
     return {
         "engine": "floor",
@@ -227,6 +279,7 @@ def bench_floor(settings: Settings, runs: int, services: int, label: str) -> dic
         "seconds": round(elapsed, 2),
         "events_per_second": round(len(recorder.committed) / elapsed, 1),
         "cpu_ms_per_event": round(cpu * 1000 / max(len(recorder.committed), 1), 2),
+        **emulators,
         "latency_ms": percentiles(latencies),
     }
 
@@ -270,14 +323,31 @@ def compare(runs: int, events: int, repeat: int) -> dict[str, Any]:
     }
 
 
-def memory_check(memory_runs: int) -> dict[str, Any]:
-    """Finished runs must not grow the process. Same engine, more runs, S=2."""
+def memory_check(memory_runs: int, chunk: int = 1000) -> dict[str, Any]:
+    """Finished runs must not grow the process. Same subscription, S=2, runs in chunks.
+
+    RSS is read after 100 runs and after every further ``chunk``: a leak shows as a slope
+    over the second half (after the allocator's first high-water mark), not as one step.
+    """
     mem_settings = settings_for("mem")
     first = bench_podium(mem_settings, 100, 2, "mem100")
-    rest = bench_podium(mem_settings, memory_runs - 100, 2, "memN")
-    return {"rss_mb_after_100_runs": first["rss_mb"], f"rss_mb_after_{memory_runs}_runs": rest["rss_mb"],
-            "runs": memory_runs, "rss_mb_after_all_runs": rest["rss_mb"], "peak_rss_mb": round(peak_rss_mb(), 1),
-            "events_per_second_at_scale": rest["events_per_second"], "complete": first["complete"] and rest["complete"]}
+    gc.collect()
+    curve = [(100, round(rss_mb(), 1))]
+    done, rows = 100, [first]
+    while done < memory_runs:
+        n = min(chunk, memory_runs - done)
+        rows.append(bench_podium(mem_settings, n, 2, f"mem{done}"))
+        done += n
+        gc.collect()
+        curve.append((done, round(rss_mb(), 1)))
+    half = [p for p in curve if p[0] >= memory_runs / 2]
+    slope = (half[-1][1] - half[0][1]) / max(half[-1][0] - half[0][0], 1) * 1000 if len(half) > 1 else 0.0
+    return {"rss_mb_after_100_runs": curve[0][1], f"rss_mb_after_{memory_runs}_runs": curve[-1][1],
+            "runs": memory_runs, "rss_mb_after_all_runs": curve[-1][1], "rss_curve": curve,
+            "mb_per_1000_runs_second_half": round(slope, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "events_per_second_at_scale": round(statistics.median(r["events_per_second"] for r in rows[1:]), 1)
+            if len(rows) > 1 else first["events_per_second"],
+            "complete": all(r["complete"] for r in rows)}
 
 
 def main() -> int:
@@ -308,16 +378,20 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"R={args.runs} x S={args.events}, median of {max(args.repeat, 1)} pass(es)")
-    print(f"{'':10} {'events/s':>10} {'CPU ms/ev':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    print(f"{'':10} {'events/s':>10} {'CPU ms/ev':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+          f"   emulators' CPU ms/ev: pubsub, firestore")
     for row in (results["floor"], results["podium"]):
         lat = row["latency_ms"]
         print(f"{row['engine']:10} {row['events_per_second']:>10} {row['cpu_ms_per_event']:>10} "
-              f"{lat['p50']:>8} {lat['p95']:>8} {lat['p99']:>8}")
+              f"{lat['p50']:>8} {lat['p95']:>8} {lat['p99']:>8}   "
+              f"{row.get('pubsub_cpu_ms_per_event', '?')}, {row.get('firestore_cpu_ms_per_event', '?')}")
     print(f"throughput ratio podium/floor: {results['throughput_ratio']}; CPU ratio: {results['cpu_ratio']}")
     if "memory" in results:
         mem = results["memory"]
         print(f"RSS after 100 runs: {mem['rss_mb_after_100_runs']} MB; after {args.memory_runs} runs: "
-              f"{mem['rss_mb_after_all_runs']} MB (peak {mem['peak_rss_mb']} MB)")
+              f"{mem['rss_mb_after_all_runs']} MB (peak {mem['peak_rss_mb']} MB; "
+              f"{mem['mb_per_1000_runs_second_half']} MB per 1000 runs over the second half)")
+        print("  curve (runs, MB): " + " ".join(f"{n}:{v}" for n, v in mem["rss_curve"]))
     print(f"wrote {out}")
     return 0
 

@@ -104,7 +104,25 @@ def frame_tables(session: Any, limit: int = 25) -> dict[str, list[dict[str, Any]
         return [{"frame": k, "seconds": round(v, 3), "share": round(v / engine_total, 3)} for k, v in ranked]
 
     ours = {k: v for k, v in inclusive.items() if "(daemon/" in k or "(machines/" in k}
-    return {"inclusive_ours": rows(ours), "inclusive_all": rows(inclusive), "self": rows(self_time)}
+
+    def incl(prefix: str) -> float:
+        return sum(v for k, v in inclusive.items() if k.startswith(prefix))
+
+    tx_total = incl("_Transactional.__call__ (")
+    body = incl("tx (daemon/store.py")
+    read = incl("Client.get_all (")
+    parts = {
+        "waiting for the run's lock in this replica": incl("RunStore.apply (daemon/store.py") - tx_total,
+        "BeginTransaction RPC": incl("Transaction._begin ("),
+        "BatchGet RPC (run + audit record)": read,
+        "transaction body minus the read (validate, decide, buffer writes)": body - read,
+        "Commit RPC": incl("Transaction._commit ("),
+        "parse the message (JSON + pydantic)": incl("parse_event ("),
+        "after commit (log line, effects hand-off)": incl("Engine._after ("),
+    }
+    breakdown = [{"part": k, "seconds": round(v, 3), "share": round(v / engine_total, 3)} for k, v in parts.items()]
+    return {"breakdown": breakdown, "inclusive_ours": rows(ours), "inclusive_all": rows(inclusive),
+            "self": rows(self_time)}
 
 
 def main() -> int:
@@ -170,6 +188,8 @@ def main() -> int:
         sys.stdout.write(f"{side:8} {row['events_per_second']:>9} {row['cpu_ms_per_event']:>13} {row['p50_ms']:>8}\n")
     frames = summary["frames"]
     sys.stdout.write("inside Engine.on_event, share of its wall time summed over messages:\n")
+    for row in frames["breakdown"]:
+        sys.stdout.write(f"  {row['share'] * 100:5.1f}%  {row['part']}\n")
     sys.stdout.write(" inclusive, Podium's own functions:\n")
     for row in frames["inclusive_ours"][:15]:
         sys.stdout.write(f"  {row['share'] * 100:5.1f}%  {row['frame']}\n")
