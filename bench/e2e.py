@@ -23,6 +23,7 @@ stopped at the end. The figures are the median over repetitions; the timeline is
 median repetition.
 
     python -m daemon.emulators run -- python bench/e2e.py [--repeat 3] [--png docs/timeline.png]
+        [--sweep-interval 0.5 (as podium up) | 2 (podium serve's default)] [--keep-iam]
 
 Writes ``bench/results/e2e.json`` and the Gantt chart ``docs/timeline.png``.
 """
@@ -55,6 +56,7 @@ from daemon.up import REPO_TESTDATA, verify_dataflow  # noqa: E402
 from handlers.base import EffectContext, Outcome  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+UP_SWEEP_INTERVAL = 0.5  # what daemon/up.py passes: timers and NotReady re-checks fire at sweep ticks
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Phases: (name, start state, end) where end is a state entered or a marker computed below.
@@ -196,11 +198,10 @@ def forget_local_iam(settings: Settings) -> int:
     return len(refs)
 
 
-def one_run(index: int, timeout: float, sweep_interval: float | None, keep_iam: bool) -> dict[str, Any]:
+def one_run(index: int, timeout: float, sweep_interval: float, keep_iam: bool) -> dict[str, Any]:
     state_dir = Path(tempfile.mkdtemp(prefix=f"podium-e2e-{index}-"))
-    extra: dict[str, Any] = {} if sweep_interval is None else {"sweep_interval_seconds": sweep_interval}
     settings = Settings(backend="local", source_root=REPO_TESTDATA.parent, state_dir=state_dir,
-                        collection=f"e2e-{index}-{os.getpid()}", **extra)
+                        collection=f"e2e-{index}-{os.getpid()}", sweep_interval_seconds=sweep_interval)
     ensure_daemon_plumbing(settings)
     if not keep_iam:
         forget_local_iam(settings)
@@ -241,7 +242,8 @@ def one_run(index: int, timeout: float, sweep_interval: float | None, keep_iam: 
             print(f"could not stop local services: {exc}", file=sys.stderr)
         shutil.rmtree(state_dir, ignore_errors=True)
     result = analyse(doc, events, effects, recorder.calls, verify_seconds)
-    result |= {"run_id": run_id, "wall_seconds_publish_to_end": round(wall, 3), "dataflow_check": ok,
+    result |= {"run_id": run_id, "sweep": sweep_interval, "wall_seconds_publish_to_end": round(wall, 3),
+               "dataflow_check": ok,
                "dataflow_detail": detail}
     return result
 
@@ -289,8 +291,8 @@ def timeline_png(run: dict[str, Any], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the start command was applied")
     par = run.get("parallel") or {}
-    title = (f"podium up on the embedded default (local backend, emulators): {run['total_seconds']:.1f} s to "
-             f"succeeded, + {run['verify_seconds']:.1f} s publisher→subscriber check")
+    title = (f"podium up on the embedded default (local backend, emulators, sweep every {run['sweep']:g} s): "
+             f"{run['total_seconds']:.1f} s to succeeded, + {run['verify_seconds']:.1f} s publisher→subscriber check")
     if par:
         title += (f"\nIAM {par['iam_seconds']:.1f} s ∥ builds {par['builds_seconds']:.1f} s: overlap "
                   f"{par['overlap_seconds']:.1f} s, saved {par['saved_vs_serial_seconds']:.1f} s against serial")
@@ -312,8 +314,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="per run")
     parser.add_argument("--png", default=str(REPO / "docs" / "timeline.png"), help="'' for none")
-    parser.add_argument("--sweep-interval", type=float, default=None,
-                        help="what-if: PODIUM_SWEEP_INTERVAL_SECONDS for the daemon (default: its default, 2)")
+    parser.add_argument("--sweep-interval", type=float, default=UP_SWEEP_INTERVAL,
+                        help=f"the daemon's sweep interval (default {UP_SWEEP_INTERVAL}, as podium up; "
+                             "podium serve's default is 2)")
     parser.add_argument("--keep-iam", action="store_true",
                         help="re-deploy: keep the local IAM registry between repetitions (already propagated)")
     parser.add_argument("--output", default=str(RESULTS / "e2e.json"))
@@ -345,7 +348,7 @@ def main() -> int:
     }
     results = {"when": datetime.now(UTC).isoformat(), "cpus": os.cpu_count(), "repeat": args.repeat,
                "iam": "kept (re-deploy)" if args.keep_iam else "fresh each repetition (first deploy)",
-               "sweep_interval_seconds": args.sweep_interval or Settings.model_fields["sweep_interval_seconds"].default,
+               "sweep_interval_seconds": args.sweep_interval,
                "median": summary, "timeline_run": median_run["run_id"], "runs": runs,
                "all_ok": all(r["dataflow_check"] for r in runs)}
     out = Path(args.output)

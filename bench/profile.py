@@ -11,7 +11,8 @@ bare floor loop, so the profiler's own cost does not distort it.
 
 ``--log-format`` configures logging the way ``podium serve`` does (INFO, console or json) instead
 of the benchmark's WARNING, to see what the per-message log line costs. Writes
-``bench/results/profile.json`` and the profile text next to it.
+``bench/results/profile.json`` (with a breakdown of the wall time per part of the path and the
+top frames) and the profile text next to it.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def main() -> int:
                         help="warning: the engine benchmark's setting; console/json: podium serve's, at INFO")
     parser.add_argument("--repeat", type=int, default=3, help="unprofiled podium/floor passes for CPU per event")
     parser.add_argument("--output", default=str(RESULTS / "profile.json"))
+    parser.add_argument("--save-session", action="store_true", help="also write the pyinstrument session")
     args = parser.parse_args()
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
         print("run under the emulators: python -m daemon.emulators run -- python bench/profile.py", file=sys.stderr)
@@ -159,7 +161,8 @@ def main() -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".txt").write_text(text)
-    session.save(str(out.with_suffix(".pyisession")))
+    if args.save_session:  # tens of MB: load it with pyinstrument.session.Session.load to dig further
+        session.save(str(out.with_suffix(".pyisession")))
 
     def median(rows: list[dict[str, Any]], key: str) -> float:
         values = sorted(r[key] for r in rows)
