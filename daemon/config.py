@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     preflight_concurrency: int = 4
     preflight_timeout_seconds: float = 120.0
     build_concurrency: int = 4
-    max_delivery_attempts: int = 5
+    # Transient failures only (bad input is recorded and acked at once): 20 deliveries with the
+    # 1-60 s retry backoff ride out a crashed replica's lingering Firestore locks (~60 s) instead
+    # of dead-lettering valid events (bench/scaleout.py saw runs stall with 5).
+    max_delivery_attempts: int = 20
     ack_deadline_seconds: int = 60  # how soon a dead replica's unacked messages come back
     port: int = Field(default=8080, validation_alias=AliasChoices("PORT", "PODIUM_PORT"))
     log_format: Literal["console", "json", "auto"] = "auto"

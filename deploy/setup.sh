@@ -54,7 +54,7 @@ CLOUD_BUILDS_SUBSCRIPTION="${CLOUD_BUILDS_TOPIC}${SUBSCRIPTION_SUFFIX}"
 
 # Subscription policies (Settings.max_delivery_attempts, Settings.ack_deadline_seconds, and the
 # retry policy of daemon/pubsub.py ensure_subscription).
-MAX_DELIVERY_ATTEMPTS=5
+MAX_DELIVERY_ATTEMPTS=20
 ACK_DEADLINE=60
 MIN_RETRY_DELAY="1s"
 MAX_RETRY_DELAY="60s"

@@ -38,6 +38,7 @@ def make_settings(project: str, unique: str, **overrides: Any) -> Settings:
         "iam_budget_seconds": 30.0,
         "director_ready_budget_seconds": 10.0,
         "ack_deadline_seconds": 10,
+        "max_delivery_attempts": 5,  # the minimum Pub/Sub allows: dead-letter tests stay short
     }
     values.update(overrides)
     return Settings(**values)
@@ -61,6 +62,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "PODIUM_DIRECTOR_READY_BUDGET_SECONDS": str(settings.director_ready_budget_seconds),
             "PODIUM_LOCAL_IAM_DELAY_SECONDS": str(settings.local_iam_delay_seconds),
             "PODIUM_ACK_DEADLINE_SECONDS": str(settings.ack_deadline_seconds),
+            "PODIUM_MAX_DELIVERY_ATTEMPTS": str(settings.max_delivery_attempts),
             "PODIUM_PORT": "0",
             "PODIUM_LOG_FORMAT": "json",
         }
