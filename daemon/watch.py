@@ -41,26 +41,6 @@ def wait_for_end(settings: Settings, run_id: str, *, timeout: float, quiet: bool
     return 0 if last.get("status") == "succeeded" else 1
 
 
-def wait_for_change(settings: Settings, run_id: str, version: int, *, timeout: float) -> dict[str, Any] | None:
-    """Wait until the run's version moves past ``version``; return the new document (None on timeout)."""
-    client = firestore.Client(project=settings.project)
-    changed = threading.Event()
-    seen: dict[str, Any] = {}
-
-    def on_snapshot(snaps: list[Any], _changes: Any, _read_time: Any) -> None:
-        for snap in snaps:
-            doc = snap.to_dict() or {}
-            if snap.exists and int(doc.get("version", 0)) > version:
-                seen.update(doc)
-                changed.set()
-
-    watch = client.collection(settings.collection).document(run_id).on_snapshot(on_snapshot)
-    try:
-        return dict(seen) if changed.wait(timeout) else None
-    finally:
-        watch.unsubscribe()
-
-
 def render_run(doc: dict[str, Any], events: list[dict[str, Any]], started: float) -> Any:
     """A rich renderable of one run: state, per-phase/per-item progress, elapsed, last events."""
     from rich.console import Group

@@ -14,8 +14,10 @@ Firestore is emptied before each test that asks for ``firestore_client`` (or
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from google.cloud import firestore, pubsub_v1
@@ -97,3 +99,12 @@ def subscriber_client(emulators: Emulators) -> Iterator[pubsub_v1.SubscriberClie
     client = pubsub_v1.SubscriberClient()
     yield client
     client.close()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A private copy of testdata: the config generator writes into it, tests break it."""
+    testdata = Path(__file__).resolve().parents[1] / "testdata"
+    dest = tmp_path / "testdata"
+    shutil.copytree(testdata, dest, ignore=shutil.ignore_patterns("resources.yaml", "services.yaml", "__pycache__"))
+    return dest

@@ -3,7 +3,6 @@ emulators, real processes): success, crash recovery, and the failures users will
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from daemon.pubsub import ensure_daemon_plumbing
 from daemon.up import verify_dataflow
 from handlers.deploy.local import list_processes, stop_all
 from tests.integration.conftest import (
-    TESTDATA,
     assert_consistent,
     audit,
     make_settings,
@@ -25,14 +23,6 @@ from tests.integration.conftest import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    """A private copy of testdata: the config generator writes into it, tests break it."""
-    dest = tmp_path / "testdata"
-    shutil.copytree(TESTDATA, dest, ignore=shutil.ignore_patterns("resources.yaml", "services.yaml", "__pycache__"))
-    return dest
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ publisher's messages reach the subscriber."""
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,7 +27,6 @@ from tests.faults.conftest import (
     wait_log_line,
 )
 from tests.integration.conftest import (
-    TESTDATA,
     assert_consistent,
     audit,
     make_settings,
@@ -45,13 +43,6 @@ DELAY = (0.3, 1.5)  # seconds from a chosen moment of a daemon's life to its SIG
 EARLY_SHARE = 0.25  # this share of kills counts the delay from the spawn: they hit the start-up
 ACTIVITY_WAIT = 3.0  # the others count it from the daemon's first piece of work (or this long)
 SERVICES = {"director", "publisher", "subscriber"}
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    dest = tmp_path / "testdata"
-    shutil.copytree(TESTDATA, dest, ignore=shutil.ignore_patterns("resources.yaml", "services.yaml", "__pycache__"))
-    return dest
 
 
 @pytest.fixture
