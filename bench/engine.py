@@ -138,9 +138,11 @@ PUBLISH_INFLIGHT = 200
 
 
 def publish_events(settings: Settings, run_ids: list[str], services: int, sent: dict[str, float]) -> float:
+    ordered = settings.events_ordering  # PODIUM_EVENTS_ORDERING=1 measures the ordered subscription
     publisher = pubsub_v1.PublisherClient(
-        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=ordered)
     )
+    key = (lambda run_id: {"ordering_key": run_id}) if ordered else (lambda run_id: {})
     topic = topic_path(settings.project, settings.events_topic)
     inflight: deque[Any] = deque()
     began = time.monotonic()
@@ -152,7 +154,7 @@ def publish_events(settings: Settings, run_ids: list[str], services: int, sent: 
             while len(inflight) >= PUBLISH_INFLIGHT:
                 inflight.popleft().result(timeout=60)
             sent[event_id] = time.monotonic()
-            inflight.append(publisher.publish(topic, json.dumps(body).encode(), ordering_key=run_id, run_id=run_id))
+            inflight.append(publisher.publish(topic, json.dumps(body).encode(), **key(run_id), run_id=run_id))
     for f in inflight:
         f.result(timeout=60)
     publisher.stop()
@@ -368,7 +370,8 @@ def main() -> int:
 
     logs.configure("console", level=logging.WARNING)
     results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "cpus": os.cpu_count(),
-                               "workload": {"runs": args.runs, "events_per_run": args.events, "repeat": args.repeat}}
+                               "workload": {"runs": args.runs, "events_per_run": args.events, "repeat": args.repeat,
+                                            "events_ordering": Settings().events_ordering}}
     warm_up()
     results |= compare(args.runs, args.events, max(args.repeat, 1))
     if args.memory_runs > 100:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # of dead-lettering valid events (bench/scaleout.py saw runs stall with 5).
     max_delivery_attempts: int = 20
     ack_deadline_seconds: int = 60  # how soon a dead replica's unacked messages come back
+    # Loopback unless told otherwise: the push endpoint feeds the engine, which runs preflight
+    # tests and services. Cloud Run's image sets PODIUM_HOST=0.0.0.0 (deploy/Dockerfile).
+    host: str = "127.0.0.1"
     port: int = Field(default=8080, validation_alias=AliasChoices("PORT", "PODIUM_PORT"))
     log_format: Literal["console", "json", "auto"] = "auto"
 
@@ -54,6 +57,19 @@ class Settings(BaseSettings):
     # Push endpoint verification (gcp mode).
     push_audience: str | None = None
     push_service_account: str | None = None
+
+    # Effect runner (not contract): start-to-close deadline per effect kind in seconds (kinds
+    # not named keep the defaults of daemon/effects.py ``deadline_for``), the most effects one
+    # replica holds in memory, and how long the oldest effect may wait for a worker of a fully
+    # busy pool before /healthz answers 503.
+    effect_deadline_seconds: dict[str, float] = Field(default_factory=dict)
+    effect_queue_limit: int = 2000
+    effect_stall_seconds: float = 120.0
+
+    # Message ordering on the events subscription (and ordering keys on published events). Off:
+    # the machine tolerates any order, and an ordered key holds every later event of its run
+    # behind one that is being redelivered (README "Why events are not ordered").
+    events_ordering: bool = False
 
     replica_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

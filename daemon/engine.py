@@ -8,8 +8,12 @@ failure: Pub/Sub redelivers and finally dead-letters).
 from __future__ import annotations
 
 import enum
+import json
+import re
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -18,8 +22,16 @@ from pydantic import ValidationError
 from daemon.config import Settings
 from daemon.faults import crash_point
 from daemon.store import Applied, RunStore
-from machines.errors import InvalidArchitecture, InvalidMessage, PodiumError, UnknownRun
-from machines.messages import Event, StartCommand, is_valid_run_id, parse_command, parse_event
+from handlers.google_errors import is_transient
+from machines.errors import InvalidArchitecture, InvalidMessage, PodiumError, clip
+from machines.messages import (
+    Event,
+    StartCommand,
+    is_valid_run_id,
+    is_valid_trace_id,
+    parse_command,
+    parse_event,
+)
 
 log = structlog.get_logger("podium.engine")
 
@@ -98,19 +110,27 @@ class Engine:
         ):
             try:
                 applied = work(msg)
-            except (InvalidMessage, UnknownRun, InvalidArchitecture) as exc:
-                return self.reject(msg, exc.reason, exc.message)
-            except PodiumError as exc:
-                if not exc.retryable:
-                    return self.reject(msg, exc.reason, exc.message)
-                log.warning("transient failure, nack", error=exc.message)
-                return Verdict.NACK
             except Exception as exc:  # noqa: BLE001 - the boundary: never crash the subscriber
-                log.warning("failed to apply, nack", error=repr(exc), attempt=msg.delivery_attempt)
-                return Verdict.NACK
-            self._after(applied)
+                return self._failed(msg, exc)
+            try:
+                self._after(applied)
+            except Exception as exc:  # noqa: BLE001 - committed: the sweep re-drives its effects
+                log.error("post-commit hand-off failed; the sweep will re-drive", error=repr(exc))
             crash_point("after_commit", msg.attributes.get("type", ""))
             return Verdict.ACK
+
+    def _failed(self, msg: Inbound, exc: Exception) -> Verdict:
+        """Only a transient failure is nacked; one that would fail the same way every time is
+        recorded and acked, so it neither loops for ``max_delivery_attempts`` nor stalls its run."""
+        if is_transient(exc):
+            log.warning("transient failure, nack", error=_short(exc), attempt=msg.delivery_attempt)
+            return Verdict.NACK
+        if isinstance(exc, PodiumError):
+            return self.reject(msg, exc.reason, exc.message)
+        # No exc_info: its text may be megabytes (rendering it would stall the log); where it
+        # was raised is enough to find a bug.
+        log.error("message cannot be applied, recording it", error=_short(exc), raised_at=_origin(exc))
+        return self.reject(msg, "unprocessable", f"cannot be applied: {_short(exc)}")
 
     def reject(self, msg: Inbound, reason: str, message: str) -> Verdict:
         try:
@@ -169,7 +189,8 @@ class Engine:
         trace_id = command.trace_id or trace_of(msg.attributes)
         extra: dict[str, Any] = {"source_root": source_root, "trace_id": trace_id}
         try:
-            prepared = prepare_architecture(command, default_project=self.settings.project)
+            prepared = prepare_architecture(command, default_project=self.settings.project, settings=self.settings)
+            _fits_in_a_run_document(prepared)
         except InvalidArchitecture as exc:
             # The run exists, failed, with every problem listed: the user watching it sees why.
             return self.store.start(
@@ -188,12 +209,38 @@ class Engine:
         }
 
 
+# Firestore holds at most 1 MiB per document; the run document carries the hydrated
+# architecture beside its progress and outputs, so the architecture gets most of it, not all.
+MAX_STORED_ARCHITECTURE_BYTES = 800 * 1024
+
+
+def _fits_in_a_run_document(prepared: PreparedArchitecture) -> None:
+    size = len(json.dumps(prepared.architecture, separators=(",", ":"), default=str).encode())
+    if size > MAX_STORED_ARCHITECTURE_BYTES:
+        raise InvalidArchitecture(
+            [f"the hydrated architecture is {size} bytes; a run can hold at most "
+             f"{MAX_STORED_ARCHITECTURE_BYTES} (Firestore documents are limited to 1 MiB)"]
+        )
+
+
+def _origin(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))
+
+
+def _short(exc: BaseException) -> str:
+    return clip(f"{type(exc).__name__}: {exc}", 1000)
+
+
 def trace_of(attributes: Mapping[str, str]) -> str | None:
-    """The trace id a message carries: our ``trace_id`` attribute or a W3C ``traceparent``."""
-    if attributes.get("trace_id"):
+    """The trace id a message carries: our ``trace_id`` attribute or a W3C ``traceparent``.
+
+    Anything that is not a plausible trace id is dropped: it ends up in every log line and
+    in the run document, so an attacker's megabyte must not."""
+    if is_valid_trace_id(attributes.get("trace_id", "")):
         return attributes["trace_id"]
     parts = attributes.get("traceparent", "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+    return parts[1] if len(parts) == 4 and re.fullmatch(r"[0-9a-f]{32}", parts[1]) else None
 
 
 @dataclass(frozen=True)
@@ -203,22 +250,56 @@ class PreparedArchitecture:
     plan: dict[str, Any]
 
 
-def prepare_architecture(command: StartCommand, default_project: str) -> PreparedArchitecture:
-    """Validate and hydrate the architecture of a start command (pure; raises InvalidArchitecture).
+def _source_root_problem(root: str | None, settings: Settings) -> str | None:
+    """Why a start command's ``source_root`` is refused (README "Commands"), or None: a local
+    path must resolve to ``PODIUM_SOURCE_ROOT`` or a folder under it; ``gs://`` needs gcp."""
+    from pathlib import Path
 
-    A file without ``project_id`` deploys to the daemon's project (``PODIUM_PROJECT``).
+    if not root:
+        return None
+    if root.startswith("gs://"):
+        why = None if settings.backend == "gcp" else "a gs:// source root needs PODIUM_BACKEND=gcp"
+    else:
+        base = Path(settings.source_root).resolve()
+        try:
+            inside = Path(root).resolve().is_relative_to(base)
+        except (OSError, ValueError):  # e.g. a NUL byte, a symlink loop
+            inside = False
+        why = None if inside else f"it must be the daemon's PODIUM_SOURCE_ROOT ({base}) or a folder under it"
+    return None if why is None else f"source_root: {root[:200]!r} is refused: {why}"
+
+
+def prepare_architecture(
+    command: StartCommand, default_project: str, settings: Settings | None = None
+) -> PreparedArchitecture:
+    """Validate and hydrate the architecture of a start command (raises InvalidArchitecture).
+
+    A file without ``project_id`` deploys to the daemon's project (``PODIUM_PROJECT``). With
+    ``settings``, the command's ``source_root`` is checked too (README "Commands"): a local path
+    must resolve to ``PODIUM_SOURCE_ROOT`` or a folder under it, and ``gs://`` needs the gcp
+    backend. Anything the parser or the validation throws is an ``InvalidArchitecture``: input
+    never becomes a redelivered message.
     """
+
     from machines.architecture import Architecture, load_architecture
     from machines.hydration import all_services, hydrate
 
     source = f"start command for {command.run_id or 'a new run'}"
-    if command.architecture_yaml is not None:
-        arch = load_architecture(command.architecture_yaml, source=source)
-    else:
-        try:
+    refused = _source_root_problem(command.source_root, settings) if settings is not None else None
+    try:
+        if command.architecture_yaml is not None:
+            arch = load_architecture(command.architecture_yaml, source=source)
+        else:
             arch = Architecture.from_dict(command.architecture or {}, source=source)
-        except ValidationError as exc:  # defensive: from_dict should already wrap these
-            raise InvalidArchitecture([str(exc)], source=source) from exc
+    except InvalidArchitecture as exc:
+        # Every problem at once: the source root's beside the file's.
+        raise InvalidArchitecture([*([refused] if refused else []), *exc.problems], source=source) from exc
+    except (ValidationError, RecursionError, ValueError, TypeError, OverflowError) as exc:
+        raise InvalidArchitecture([*([refused] if refused else []),
+                                   f"(root): cannot be read: {type(exc).__name__}: {str(exc)[:300]}"],
+                                  source=source) from exc
+    if refused:
+        raise InvalidArchitecture([refused], source=source)
     if not arch.project_id:
         arch = arch.model_copy(update={"project_id": default_project})
     hydrated = hydrate(arch)

@@ -3,7 +3,10 @@
 ``PODIUM_FAULTS="point[:match],..."`` arms points; each fires at most once per marker
 directory (``PODIUM_FAULTS_DIR``), so the restarted daemon does not die again. Points:
 ``after_commit`` (committed, not yet acked), ``before_effect`` (committed, effect not run),
-``mid_effect`` (inside a handler). ``match`` is compared with the event type or effect kind.
+``mid_effect`` (inside a handler), ``during_claim`` (a sweep's claim of an expired effect
+committed, the effect not run; matched with the effect kind) and ``during_heartbeat`` (the
+heartbeat's lease extension written; no subject, so arm it without ``match``). ``match`` is
+compared with the event type or effect kind.
 Unset in production: ``crash_point`` is then a dictionary lookup and nothing else.
 """
 

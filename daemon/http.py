@@ -1,5 +1,8 @@
 """HTTP surface of the daemon: ``GET /healthz`` and ``POST /pubsub/push``.
 
+Bound to ``settings.host`` (loopback unless ``PODIUM_HOST`` says otherwise); the push endpoint
+exists only with ``PODIUM_DELIVERY=push`` (404 otherwise).
+
 Push envelopes go through the same engine as pulled messages: 2xx only after commit (or
 after a reject was recorded), 400 for an envelope that is not one (recorded too), 5xx for a
 transient failure so Pub/Sub retries.
@@ -40,7 +43,8 @@ class DaemonHTTP:
         self.engine = engine
         self.healthy = healthy
         self.verify_token = verify_token
-        self.server = ThreadingHTTPServer(("0.0.0.0", settings.port if port is None else port), self._handler())
+        address = (settings.host, settings.port if port is None else port)
+        self.server = ThreadingHTTPServer(address, self._handler())
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -83,13 +87,19 @@ class DaemonHTTP:
 
             def do_GET(self) -> None:  # noqa: N802 - stdlib naming
                 if self.path.split("?")[0] == "/healthz":
-                    ok = outer.healthy()
-                    self._send(200 if ok else 503, {"status": "ok" if ok else "starting"})
+                    if outer.healthy():
+                        return self._send(200, {"status": "ok"})
+                    why = getattr(outer.healthy, "why", None)  # daemon/server.py Health says why
+                    reason = (why() if callable(why) else None) or "unhealthy"
+                    self._send(503, {"status": "starting" if reason == "starting" else "unhealthy", "reason": reason})
                 else:
                     self._send(404, {"error": "not found"})
 
             def do_POST(self) -> None:  # noqa: N802
-                if self.path.split("?")[0] != "/pubsub/push":
+                # Served only in push delivery: a pulling daemon has no reason to accept messages
+                # from whoever reaches its port (outside gcp mode nothing checks a token).
+                if self.path.split("?")[0] != "/pubsub/push" or outer.settings.delivery != "push":
+                    self.close_connection = True  # the body is not read
                     return self._send(404, {"error": "not found"})
                 try:
                     length = int(self.headers.get("Content-Length") or 0)

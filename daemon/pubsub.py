@@ -77,7 +77,7 @@ def ensure_daemon_plumbing(settings: Settings) -> None:
         ensure_subscription(
             subscriber, p, settings.events_topic, settings.events_subscription,
             dead_letter_topic=settings.dead_letter_topic, max_delivery_attempts=settings.max_delivery_attempts,
-            ordering=True, ack_deadline=settings.ack_deadline_seconds,
+            ordering=settings.events_ordering, ack_deadline=settings.ack_deadline_seconds,
         )
         if settings.backend == "gcp":  # Cloud Build publishes here once its API is enabled
             ensure_topic(publisher, p, settings.cloud_builds_topic)
@@ -90,23 +90,26 @@ def ensure_daemon_plumbing(settings: Settings) -> None:
 
 
 class EventPublisher:
-    """Publishes events with ``run_id`` as the ordering key, and waits for the server's ack."""
+    """Publishes events (attribute ``run_id``; with ``ordered``, also the ordering key) and waits
+    for the server's ack."""
 
-    def __init__(self, project: str, topic: str, timeout: float = 30.0) -> None:
+    def __init__(self, project: str, topic: str, timeout: float = 30.0, *, ordered: bool = False) -> None:
+        self.ordered = ordered
         self.client = pubsub_v1.PublisherClient(
-            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=ordered)
         )
         self.topic = topic_path(project, topic)
         self.timeout = timeout
 
     def publish(self, event: Event, attributes: Mapping[str, str]) -> str:
         attrs = {"run_id": event.run_id, **attributes}
+        key = {"ordering_key": event.run_id} if self.ordered else {}
         try:
-            future = self.client.publish(self.topic, event.to_json(), ordering_key=event.run_id, **attrs)
+            future = self.client.publish(self.topic, event.to_json(), **key, **attrs)
             return str(future.result(timeout=self.timeout))
         except Exception:
-            # An ordered key stops after a failure until resumed; the effect is retried later.
-            self.client.resume_publish(self.topic, event.run_id)
+            if self.ordered:  # an ordered key stops after a failure until resumed; the effect is retried later
+                self.client.resume_publish(self.topic, event.run_id)
             raise
 
     def publish_json(self, topic: str, body: Mapping[str, Any], attributes: Mapping[str, str]) -> str:

@@ -1,5 +1,8 @@
 """Verification of Pub/Sub push requests (DESIGN.md §8: ``POST /pubsub/push`` in gcp mode).
 
+The endpoint itself exists only with ``PODIUM_DELIVERY=push`` (``daemon/http.py`` answers 404
+otherwise), so a local daemon that pulls accepts no unauthenticated message over HTTP.
+
 A push subscription with authentication sends ``Authorization: Bearer <OIDC token>``, a
 Google-signed ID token whose audience is the subscription's configured audience and whose
 ``email`` is the subscription's push service account. ``make_verifier`` returns the check

@@ -42,7 +42,7 @@ class Daemon:
             owner=settings.replica_id,
             lease_seconds=settings.effect_lease_seconds,
         )
-        self.publisher = EventPublisher(settings.project, settings.events_topic)
+        self.publisher = EventPublisher(settings.project, settings.events_topic, ordered=settings.events_ordering)
         self.effects = EffectRunner(
             settings,
             self.store,
@@ -56,12 +56,19 @@ class Daemon:
         )
         self.timers = TimerSweep(self.engine, settings.sweep_interval_seconds)
         self.intake = PullIntake(settings, self.engine)
+        self.healthy = Health(self)
         self.http = DaemonHTTP(settings, self.engine, self.healthy, verify_token=make_verifier(settings), port=http_port)
         self._stopped = threading.Event()
         self._started = False
 
-    def healthy(self) -> bool:
-        return self._started and (self.intake.healthy() if self.pull else True)
+    def unhealthy_reason(self) -> str | None:
+        """Why ``/healthz`` must fail (None if the daemon serves): starting, a subscriber that
+        stopped pulling, an effect pool that is saturated or stuck."""
+        if not self._started:
+            return "starting"
+        if self.pull and not self.intake.healthy():
+            return "the subscriber is not pulling"
+        return self.effects.health()
 
     def start(self) -> None:
         ensure_daemon_plumbing(self.settings)
@@ -101,6 +108,19 @@ class Daemon:
         while not requested.wait(0.5):
             pass
         self.stop()  # on the main thread, so the process exits only after its bounded stop
+
+
+class Health:
+    """``daemon.healthy()``: true when the daemon serves; ``why()`` says what is wrong if not."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def __call__(self) -> bool:
+        return self.why() is None
+
+    def why(self) -> str | None:
+        return self._daemon.unhealthy_reason()
 
 
 def serve(settings: Settings) -> None:

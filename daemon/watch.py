@@ -1,4 +1,4 @@
-"""Following a run live from Firestore ``on_snapshot`` (no polling)."""
+"""Following a run live from Firestore ``on_snapshot`` (no polling but a slow safety-net read)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from google.cloud import firestore
 from daemon.config import Settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+RECHECK_SECONDS = 5.0
 
 
 def wait_for_end(settings: Settings, run_id: str, *, timeout: float, quiet: bool = False) -> int:
@@ -32,10 +33,18 @@ def wait_for_end(settings: Settings, run_id: str, *, timeout: float, quiet: bool
             if doc.get("status") in TERMINAL:
                 done.set()
 
-    watch = client.collection(settings.collection).document(run_id).on_snapshot(on_snapshot)
+    ref = client.collection(settings.collection).document(run_id)
+    watch = ref.on_snapshot(on_snapshot)
+    deadline = time.monotonic() + timeout
     try:
-        if not done.wait(timeout):
-            return 3
+        # The listener does the work; a read every few seconds is the safety net for a listen
+        # stream that dropped an update (seen with the emulator under load).
+        while not done.wait(min(RECHECK_SECONDS, max(deadline - time.monotonic(), 0))):
+            if time.monotonic() >= deadline:
+                return 3
+            snap = ref.get()
+            if snap.exists and (snap.to_dict() or {}).get("status") in TERMINAL:
+                on_snapshot([snap], None, None)
     finally:
         watch.unsubscribe()
     return 0 if last.get("status") == "succeeded" else 1

@@ -58,6 +58,9 @@ MAX_DELIVERY_ATTEMPTS=20
 ACK_DEADLINE=60
 MIN_RETRY_DELAY="1s"
 MAX_RETRY_DELAY="60s"
+# Settings.events_ordering (PODIUM_EVENTS_ORDERING): off by default, see the README's "Why
+# events are not ordered". Set EVENTS_ORDERING=yes together with PODIUM_EVENTS_ORDERING=1.
+EVENTS_ORDERING="${EVENTS_ORDERING:-no}"
 
 SERVICE="podium-daemon"
 DAEMON_SA_NAME="podium-daemon"
@@ -227,7 +230,7 @@ ensure_daemon_subscriptions() {
   local endpoint=${1:-}
   ensure_subscription "$DEAD_LETTER_SUBSCRIPTION" "$DEAD_LETTER_TOPIC" no no "$endpoint"
   ensure_subscription "$COMMANDS_SUBSCRIPTION" "$COMMANDS_TOPIC" no yes "$endpoint"
-  ensure_subscription "$EVENTS_SUBSCRIPTION" "$EVENTS_TOPIC" yes yes "$endpoint"
+  ensure_subscription "$EVENTS_SUBSCRIPTION" "$EVENTS_TOPIC" "$EVENTS_ORDERING" yes "$endpoint"
   ensure_subscription "$CLOUD_BUILDS_SUBSCRIPTION" "$CLOUD_BUILDS_TOPIC" no yes "$endpoint"
   grant_dead_letter_rights
 }

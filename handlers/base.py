@@ -83,3 +83,29 @@ FAILURE_EVENT: dict[str, str] = {
     "deploy": "deploy.failed",
     "director.command": "director.failed",
 }
+
+# The success events each effect kind reports. With FAILURE_EVENT, these are the only events
+# that may settle (mark done) an effect of that kind.
+SUCCESS_EVENTS: dict[str, frozenset[str]] = {
+    "configgen": frozenset({"config.generated"}),
+    "preflight": frozenset({"preflight.passed"}),
+    "iam.provision": frozenset({"iam.accounts_created"}),
+    "iam.verify": frozenset({"iam.verified"}),
+    "iam.bind": frozenset({"iam.bindings_applied"}),
+    "build": frozenset({"build.succeeded"}),
+    "deploy": frozenset({"deploy.succeeded"}),
+    "director.command": frozenset({"director.ready", "director.dataflow_complete", "director.dependent_complete"}),
+}
+# Success events whose item is not the effect's: accounts are created for every service at
+# once (no item), and a ping's answer names the director, not the ping.
+_ITEM_FREE_EVENTS = frozenset({"iam.accounts_created", "director.ready"})
+
+
+def outcome_mismatch(kind: str, effect_item: str | None, event_type: str, event_item: str | None) -> str | None:
+    """Why an event cannot be the outcome of an effect of ``kind`` on ``effect_item`` (None if it can)."""
+    # director.failed: what the effect runner reports for a kind it has no handler for
+    if event_type != FAILURE_EVENT.get(kind, "director.failed") and event_type not in SUCCESS_EVENTS.get(kind, ()):
+        return f"{event_type} is not an outcome of a {kind!r} effect"
+    if event_type not in _ITEM_FREE_EVENTS and event_item != effect_item:
+        return f"{event_type} for {event_item!r} is not the outcome of the {kind!r} effect on {effect_item!r}"
+    return None

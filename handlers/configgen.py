@@ -30,13 +30,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from handlers.base import EffectContext, Outcome
-from machines.architecture import Architecture
+from machines.architecture import Architecture, ServiceSpec
 from machines.errors import HandlerError
 from machines.hydration import all_services, hydrate, service_dir
 from machines.resources import render_resources_yaml, resources_for_service
 
 __all__ = [
     "MARKER_PREFIX",
+    "contained_service_dir",
     "GeneratedFile",
     "PlannedFile",
     "generate_configs",
@@ -75,6 +76,25 @@ class PlannedFile(BaseModel):
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.content).hexdigest()
+
+
+def contained_service_dir(spec: ServiceSpec, source_root: Path) -> Path:
+    """The service's folder (``machines.hydration.service_dir``), refused unless it resolves
+    (symlinks followed) to the source root or a folder under it: a start command must not make
+    preflight, configgen or a build work on a folder the operator did not put under the root.
+    Raises a non-retryable ``HandlerError`` naming the service and both paths."""
+    return _contained(spec.name, service_dir(spec, source_root), source_root)
+
+
+def _contained(service: str, folder: Path, source_root: Path) -> Path:
+    root, real = _resolved(Path(source_root)), _resolved(folder)
+    if not real.is_relative_to(root):
+        raise HandlerError(
+            f"service {service!r}: its folder {folder} resolves to {real}, outside the source root {root}; "
+            "refused (service folders must stay under the source root, symlinks included)",
+            retryable=False,
+        )
+    return folder
 
 
 def marker_line(arch: Architecture) -> str:
@@ -132,6 +152,8 @@ def generate_configs(arch: Architecture, source_root: Path) -> list[GeneratedFil
     missing; ``OSError``s while writing propagate (the effect runner retries them)."""
     source_root = Path(source_root)
     planned = plan_configs(arch, source_root)
+    for p in planned:  # before anything is written or removed
+        _contained(p.service, p.path.parent, source_root)
     missing = sorted({str(p.path.parent) for p in planned if not p.path.parent.is_dir()})
     if missing:
         raise HandlerError(
@@ -176,10 +198,13 @@ def remove_stale_configs(
 
 
 def _source_trees(arch: Architecture, source_root: Path) -> list[Path]:
+    base = _resolved(Path(source_root))
     roots: set[Path] = set()
     for _, spec in all_services(arch).values():
         if spec.deployment is not None:
-            roots.add(_resolved(Path(source_root) / spec.deployment.source_path))
+            tree = _resolved(Path(source_root) / spec.deployment.source_path)
+            if tree.is_relative_to(base):  # never delete anything outside the source root
+                roots.add(tree)
     # Drop trees nested in another one: they are walked anyway.
     ordered = sorted(roots, key=lambda p: len(p.parts))
     kept: list[Path] = []

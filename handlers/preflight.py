@@ -1,8 +1,11 @@
 """Preflight: run each service's own tests (``python -m pytest`` in its folder) before building it.
 
 Each run is a subprocess in its own process group, so a hanging test (and anything it spawned)
-is killed as a whole on timeout. The nested pytest gets a clean environment: the parent test
-session's ``PYTEST_*`` variables and ``PYTHONPATH`` are not passed on.
+is killed as a whole on timeout. The nested pytest gets a minimal environment
+(``handlers.secrets.child_env``: PATH, HOME, locale, TMPDIR, the emulator switches) plus the
+service's own declared variables and secrets: never the daemon's ``PODIUM_*`` settings, other
+services' secrets, or a parent pytest's ``PYTEST_*``/``PYTHONPATH``. Its output is redacted of
+every known secret value before the tail is kept (the tail is stored in Firestore).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from handlers.base import EffectContext, Outcome
+from handlers.secrets import child_env, known_secret_values, redact, resolve_secrets, service_env
 
 Reason = Literal["passed", "failed", "timeout", "no_tests", "missing_dir"]
 
@@ -43,12 +47,8 @@ def preflight_command() -> list[str]:
 
 
 def preflight_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``os.environ`` without the parent pytest's variables and ``PYTHONPATH``, plus ``env``."""
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "PYTHONPATH"
-    }
-    clean.update(env or {})
-    return clean
+    """The minimal environment (``child_env``) plus ``env``: nothing else of the daemon's."""
+    return child_env(env)
 
 
 def _tail(text: str) -> str:
@@ -66,9 +66,15 @@ def run_preflight(
     *,
     timeout: float,
     env: Mapping[str, str] | None = None,
+    secrets: Iterable[str] = (),
 ) -> PreflightResult:
-    """Run ``pytest`` in ``service_dir``; never raises for a failing, hanging or missing service."""
+    """Run ``pytest`` in ``service_dir``; never raises for a failing, hanging or missing service.
+
+    The output is redacted of ``secrets`` and every ``PODIUM_SECRET_*`` value before it is cut
+    to its tail (so a secret cut in half at the tail's start cannot leak either).
+    """
     started = time.monotonic()
+    hidden = [*secrets, *known_secret_values()]
 
     def result(reason: Reason, exit_code: int | None, output: str) -> PreflightResult:
         return PreflightResult(
@@ -77,7 +83,7 @@ def run_preflight(
             reason=reason,
             exit_code=exit_code,
             duration_s=round(time.monotonic() - started, 3),
-            output_tail=_tail(output),
+            output_tail=_tail(redact(output, hidden)),
         )
 
     service_dir = Path(service_dir)
@@ -155,10 +161,21 @@ def run_preflight_all(
 
 def preflight_effect(ctx: EffectContext) -> Sequence[Outcome]:
     """Effect kind ``preflight`` (one service): run its tests, report passed or failed with the tail."""
-    from machines.hydration import service_dir
+    from handlers.configgen import contained_service_dir
 
-    service, _dataflow, spec = ctx.target()
-    result = run_preflight(service, service_dir(spec, ctx.source_root), timeout=ctx.settings.preflight_timeout_seconds)
+    service, dataflow, spec = ctx.target()
+    folder = contained_service_dir(spec, ctx.source_root)  # never pytest a folder outside the root
+    env: dict[str, str] = {}
+    secrets: dict[str, str] = {}
+    if spec.deployment is not None:
+        project = ctx.architecture.project_id or ctx.settings.project
+        env = service_env(spec.deployment, project=project, service=service, dataflow=dataflow)
+        # Its own secrets only, where the daemon has them (gcp mode keeps them in Secret Manager).
+        secrets = resolve_secrets(spec.deployment, Path(ctx.settings.state_dir), service, missing_ok=True)
+    hidden = [*secrets.values(), *known_secret_values(Path(ctx.settings.state_dir))]
+    result = run_preflight(
+        service, folder, timeout=ctx.settings.preflight_timeout_seconds, env={**env, **secrets}, secrets=hidden
+    )
     data = {"reason": result.reason, "output_tail": result.output_tail[-2000:], "duration_s": result.duration_s}
     if result.passed:
         return [Outcome("preflight.passed", service, data)]

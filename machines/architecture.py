@@ -17,7 +17,7 @@ import re
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import yaml
 from pydantic import (
@@ -57,10 +57,14 @@ __all__ = [
     "ServiceSpec",
     "Subscription",
     "Topic",
+    "document_shape_problem",
     "duration_seconds",
+    "env_var_problem",
     "format_path",
     "load_architecture",
+    "parse_yaml",
     "prune",
+    "relative_path_problem",
 ]
 
 T = TypeVar("T")
@@ -188,6 +192,59 @@ def cron_problem(value: str) -> str | None:
         return (
             f"schedule {value!r} must be a unix-cron expression with 5 fields, e.g. '*/5 * * * *'"
         )
+    return None
+
+
+def relative_path_problem(value: str) -> str | None:
+    """Service folders (``source_path``, ``buildable_module_path``) stay under the source root:
+    no absolute path, no ``..`` component (the handlers also check where a folder resolves)."""
+    if "\x00" in value:
+        return f"{value!r} contains a NUL character"
+    if value.startswith(("/", "\\")):
+        return f"{value!r} is an absolute path; it must be relative to the source root"
+    if ".." in re.split(r"[/\\]", value):
+        return f"{value!r} has a '..' component; it must stay inside the source root"
+    return None
+
+
+# Variables that make a loader or an interpreter load or run code of the variable's choosing:
+# a start command must not be able to run anything beyond the service's own code.
+_CODE_VARS = frozenset(
+    {
+        "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND",
+        "NODE_OPTIONS", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
+        "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB",
+        "RUBYOPT", "RUBYLIB",
+        "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH",
+        "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCPATH", "NLSPATH", "RESOLV_HOST_CONF",
+    }
+)
+_CODE_VAR_PREFIXES = ("LD_", "DYLD_", "BASH_FUNC_")
+# PYTHON* is refused but for these, which only tune the interpreter (PYTHONPATH, PYTHONSTARTUP,
+# PYTHONHOME, PYTHONUSERBASE, PYTHONWARNINGS, PYTHONBREAKPOINT, ... all import code).
+_HARMLESS_PYTHON_VARS = frozenset(
+    {
+        "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "PYTHONIOENCODING",
+        "PYTHONUTF8", "PYTHONFAULTHANDLER", "PYTHONOPTIMIZE", "PYTHONTRACEMALLOC", "PYTHONDEVMODE",
+        "PYTHONASYNCIODEBUG", "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONCOERCECLOCALE",
+        "PYTHONMALLOC", "PYTHONMALLOCSTATS", "PYTHONINTMAXSTRDIGITS", "PYTHONWARNDEFAULTENCODING",
+        "PYTHONVERBOSE", "PYTHONDEBUG", "PYTHONLEGACYWINDOWSSTDIO", "PYTHONNODEBUGRANGES",
+    }
+)
+
+
+def env_var_problem(name: str) -> str | None:
+    """A variable name a service may be given: not empty, no ``=`` or NUL, and not one that
+    makes a loader or interpreter run code (``LD_PRELOAD``, ``PYTHONPATH``, ``NODE_OPTIONS``...)."""
+    if not name or "=" in name or "\x00" in name:
+        return f"variable name {name!r} must be non-empty, without '=' or NUL"
+    upper = name.upper()
+    if (
+        upper in _CODE_VARS
+        or upper.startswith(_CODE_VAR_PREFIXES)
+        or (upper.startswith("PYTHON") and upper not in _HARMLESS_PYTHON_VARS)
+    ):
+        return f"variable {name!r} is refused: it makes the dynamic loader or an interpreter load code"
     return None
 
 
@@ -330,13 +387,15 @@ class ResourceIO(_Model):
 class SecretEnvVar(_Model):
     """An env var read from Secret Manager: ``name`` in the container, ``value_from`` the secret id."""
 
-    name: Required
+    name: Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_not_empty), _check(env_var_problem)]
     value_from: Required
 
 
 class DeploymentSpec(_Model):
-    source_path: Required
-    buildable_module_path: Text = ""
+    source_path: Annotated[
+        str, BeforeValidator(_scalar_to_str), AfterValidator(_not_empty), _check(relative_path_problem)
+    ]
+    buildable_module_path: Annotated[str, BeforeValidator(_scalar_to_str), _check(relative_path_problem)] = ""
     config_templates: Map[Text] = Field(default_factory=dict)  # accepted, not acted on
     image: Text = ""
     image_repo: Text = ""
@@ -349,6 +408,15 @@ class DeploymentSpec(_Model):
     max_instances: Annotated[int, Field(ge=0)] | None = None
     environment_vars: Map[Text] = Field(default_factory=dict)
     secret_environment_vars: Seq[SecretEnvVar] = ()
+
+    @field_validator("environment_vars")
+    @classmethod
+    def _environment_vars(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = [p for p in (env_var_problem(k) for k in value) if p is not None]
+        problems += [f"the value of {k!r} contains a NUL character" for k, v in value.items() if "\x00" in v]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class HealthCheckSpec(_Model):
@@ -580,6 +648,9 @@ class Architecture(_Model):
                 else f"expected a mapping, got {_describe(data)}"
             )
             raise InvalidArchitecture([f"(root): {what}"], source=source)
+        shape = document_shape_problem(data)
+        if shape is not None:
+            raise InvalidArchitecture([f"(root): {shape}"], source=source)
         normalized = _normalize(data)
         problems: list[str] = []
         arch: Architecture | None = None
@@ -644,9 +715,47 @@ def prune(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+# Bounds on what one architecture may cost to read: a real file is a few KiB and a few hundred
+# nodes; these are far above that and far below what would hurt the daemon.
+MAX_ARCHITECTURE_BYTES = 1024 * 1024
+MAX_NODES = 50_000
+MAX_DEPTH = 64
+
+
+def _refuse(problem: str, event: yaml.Event) -> NoReturn:
+    """Stop composing with a YAML error pointing at ``event`` (reported like any parse error)."""
+    mark: Any = event.start_mark  # the C and pure-Python loaders have distinct Mark types
+    raise yaml.composer.ComposerError(None, None, problem, mark)
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans (``yes``/``on`` stay strings, as in Go's yaml.v3),
-    timestamps kept as strings, and duplicate keys refused."""
+    timestamps kept as strings, duplicate keys refused, and no anchors or aliases (an alias is
+    how a 2 KB "billion laughs" document expands to gigabytes), at most ``MAX_NODES`` nodes
+    nested at most ``MAX_DEPTH`` deep."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            _refuse(f"found alias *{event.anchor}: anchors and aliases are not supported (write the value out)", event)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            _refuse(f"found anchor &{anchor}: anchors and aliases are not supported (write the value out)", event)
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            _refuse(f"more than {MAX_NODES} nodes: too large for an architecture", event)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                _refuse(f"nested more than {MAX_DEPTH} levels deep", event)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
@@ -684,7 +793,18 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, source: str = "<architecture>") -> Any:
-    """Parse YAML text; a syntax error becomes ``InvalidArchitecture`` with its line and column."""
+    """Parse YAML text; a syntax error becomes ``InvalidArchitecture`` with its line and column.
+
+    Text over ``MAX_ARCHITECTURE_BYTES`` is refused unread; anchors and aliases are refused. Any
+    other failure of the parser (a 5000-digit integer, a recursion limit) is an
+    ``InvalidArchitecture`` too: what a user sent never becomes a crash or a redelivery.
+    """
+    size = len(text) if len(text) > MAX_ARCHITECTURE_BYTES else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_ARCHITECTURE_BYTES:
+        raise InvalidArchitecture(
+            [f"(yaml): the text is {size} bytes; an architecture may have at most {MAX_ARCHITECTURE_BYTES}"],
+            source=source,
+        )
     try:
         return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
@@ -698,6 +818,41 @@ def parse_yaml(text: str, source: str = "<architecture>") -> Any:
         raise InvalidArchitecture([f"(yaml) {where}: {what}"], source=source) from exc
     except yaml.YAMLError as exc:
         raise InvalidArchitecture([f"(yaml): {exc}"], source=source) from exc
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        raise InvalidArchitecture([f"(yaml): cannot be read: {_short_error(exc)}"], source=source) from exc
+
+
+def _short_error(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def document_shape_problem(data: Any) -> str | None:
+    """A parsed document (YAML or JSON) too big, too deep or circular to validate safely.
+
+    Iterative (a deep document must not exhaust the stack here), and bounded: it stops at the
+    first limit it crosses, so a circular structure ends as "too many nodes".
+    """
+    nodes, chars = 0, 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            return f"more than {MAX_NODES} values (too large, or circular)"
+        if depth > MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} levels deep"
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                chars += len(k) if isinstance(k, str) else 0
+                stack.append((v, depth + 1))
+        elif isinstance(value, list | tuple):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            chars += len(value)
+        if chars > MAX_ARCHITECTURE_BYTES:
+            return f"more than {MAX_ARCHITECTURE_BYTES} characters of keys and values"
+    return None
 
 
 def load_architecture(text: str, source: str = "<architecture>") -> Architecture:

@@ -80,3 +80,14 @@ class NotReady(PodiumError):
     def __init__(self, message: str, *, retry_after: float = 1.0):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+MAX_ERROR_CHARS = 4000  # of any error text stored in Firestore, a message or a log line
+
+
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut (stored errors stay small)."""
+    if len(text) <= limit:
+        return text
+    note = f"… ({len(text) - limit} more characters)"
+    return text[: max(limit - len(note), 0)] + note

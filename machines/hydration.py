@@ -36,6 +36,7 @@ from machines.architecture import (
     ServiceSpec,
     Subscription,
     Topic,
+    relative_path_problem,
 )
 from machines.errors import InvalidArchitecture
 
@@ -109,12 +110,20 @@ def all_services(arch: Architecture) -> dict[str, tuple[str, ServiceSpec]]:
 
 
 def service_dir(spec: ServiceSpec, source_root: Path) -> Path:
-    """``source_root / source_path / buildable_module_path`` (path math only; an absolute
-    ``source_path`` wins over the root)."""
+    """``source_root / source_path / buildable_module_path`` (path math only).
+
+    An absolute path or a ``..`` component is refused (validation refuses them too; this guards
+    a model built without it). Where the folder *resolves* (symlinks) is the handlers' check:
+    ``handlers.configgen.contained_service_dir``.
+    """
     if spec.deployment is None:
         raise InvalidArchitecture([f"{spec.name}: has no deployment, so no build folder"])
     d = spec.deployment
     parts = [p for p in (d.source_path, d.buildable_module_path) if p]
+    for field, value in (("source_path", d.source_path), ("buildable_module_path", d.buildable_module_path)):
+        problem = relative_path_problem(value) if value else None
+        if problem is not None:
+            raise InvalidArchitecture([f"service {spec.name!r}: deployment.{field}: {problem}"])
     return Path(source_root).joinpath(*(PurePath(p) for p in parts))
 
 

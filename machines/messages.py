@@ -28,6 +28,21 @@ from machines.errors import InvalidMessage
 # Firestore document ids may not contain "/" and must not be "." or "..": keep run ids boring.
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+# Ids that become document ids (events, effects) or land in every log line (items, trace ids)
+# are held to patterns, so input that passed validation cannot fail later in Firestore.
+EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:~@+=-]{0,399}$"
+EFFECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:~@-]{0,299}$"
+ITEM_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+TRACE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+TraceId = Annotated[str, Field(pattern=TRACE_ID_PATTERN)]
+
+# Size bounds, checked before anything is parsed: a command carries an architecture (itself
+# capped at 1 MiB of YAML, JSON-escaping may grow it); an event carries a small report.
+MAX_COMMAND_BYTES = 2 * 1024 * 1024
+MAX_EVENT_BYTES = 64 * 1024
+MAX_EVENT_DATA_BYTES = 32 * 1024
+MAX_DATA_DEPTH = 16  # Firestore allows 20 levels of maps; the run document nests data in two
+_INT64 = (-(2**63), 2**63 - 1)
 
 EVENT_TYPES: frozenset[str] = frozenset(
     {
@@ -68,8 +83,8 @@ class StartCommand(_Strict):
     run_id: RunId | None = None
     architecture: dict[str, Any] | None = None
     architecture_yaml: str | None = None
-    source_root: str | None = None
-    trace_id: str | None = None
+    source_root: str | None = Field(default=None, max_length=4096)
+    trace_id: TraceId | None = None
 
     @model_validator(mode="after")
     def _one_architecture(self) -> StartCommand:
@@ -81,13 +96,13 @@ class StartCommand(_Strict):
 class CancelCommand(_Strict):
     command: Literal["cancel"]
     run_id: RunId
-    trace_id: str | None = None
+    trace_id: TraceId | None = None
 
 
 class RetryCommand(_Strict):
     command: Literal["retry"]
     run_id: RunId
-    trace_id: str | None = None
+    trace_id: TraceId | None = None
 
 
 Command = Annotated[StartCommand | CancelCommand | RetryCommand, Field(discriminator="command")]
@@ -98,9 +113,9 @@ class Event(_Strict):
     """An external happening that reached a run (DESIGN.md §6)."""
 
     run_id: RunId
-    event_id: str = Field(min_length=1, max_length=400, pattern=r"^[^/]+$")
+    event_id: str = Field(pattern=EVENT_ID_PATTERN)
     type: str
-    item: str | None = None
+    item: str | None = Field(default=None, pattern=ITEM_PATTERN)
     data: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -110,14 +125,16 @@ class Event(_Strict):
             raise ValueError(f"unknown event type {self.type!r}; expected one of: {known}")
         return self
 
-    @field_validator("event_id")
+    @field_validator("data")
     @classmethod
-    def _usable_as_document_id(cls, value: str) -> str:
-        # Firestore refuses ".", "..", "__x__" and ids over 1500 bytes; the store appends suffixes.
-        if value in (".", "..") or re.fullmatch(r"__.*__", value):
-            raise ValueError(f"event_id {value!r} is not usable as a Firestore document id")
-        if len(value.encode()) > 400:
-            raise ValueError("event_id is longer than 400 bytes")
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_storable(value, 1)
+        size = len(json.dumps(value, separators=(",", ":"), default=str))
+        if size > MAX_EVENT_DATA_BYTES:
+            raise ValueError(f"data is {size} bytes of JSON; at most {MAX_EVENT_DATA_BYTES} are accepted")
+        effect_id = value.get("effect_id")
+        if effect_id is not None and not (isinstance(effect_id, str) and re.fullmatch(EFFECT_ID_PATTERN, effect_id)):
+            raise ValueError(f"data.effect_id {str(effect_id)[:100]!r} is not an effect id")
         return value
 
     def to_json(self) -> bytes:
@@ -127,7 +144,7 @@ class Event(_Strict):
 class EffectSpec(_Strict):
     """A side effect the machine asks for. ``effect_id`` is deterministic, so it is idempotent."""
 
-    effect_id: str = Field(pattern=r"^[^/]+$")
+    effect_id: str = Field(pattern=EFFECT_ID_PATTERN)
     kind: str
     item: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
@@ -171,13 +188,39 @@ class RunState(BaseModel):
     updated_at: datetime | None = None
 
 
+def _check_storable(value: Any, depth: int) -> None:
+    """Raise ValueError for what Firestore cannot store: integers beyond 64 bits, deep nesting."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError("data holds an integer beyond 64 bits, which Firestore cannot store")
+    elif isinstance(value, dict | list):
+        if depth > MAX_DATA_DEPTH:
+            raise ValueError(f"data is nested deeper than {MAX_DATA_DEPTH} levels")
+        for child in value.values() if isinstance(value, dict) else value:
+            _check_storable(child, depth + 1)
+
+
+def _check_size(body: bytes, limit: int, what: str) -> None:
+    if len(body) > limit:
+        raise InvalidMessage(
+            f"{what} body is {len(body)} bytes; at most {limit} are accepted", reason="message_too_large"
+        )
+
+
+def _not_json(name: str) -> Any:
+    # Python's json accepts NaN and ±Infinity; JSON (and Firestore's JSON views) does not.
+    raise InvalidMessage(f"body is not JSON: {name} is not a JSON value")
+
+
 def _loads(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidMessage(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         raise InvalidMessage(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:
@@ -196,6 +239,7 @@ def _explain(exc: ValidationError) -> str:
 
 
 def parse_command(body: bytes) -> StartCommand | CancelCommand | RetryCommand:
+    _check_size(body, MAX_COMMAND_BYTES, "command")
     data = _loads(body)
     if not isinstance(data, Mapping):
         raise InvalidMessage(f"command must be a JSON object, got {type(data).__name__}")
@@ -209,6 +253,7 @@ def parse_command(body: bytes) -> StartCommand | CancelCommand | RetryCommand:
 
 
 def parse_event(body: bytes) -> Event:
+    _check_size(body, MAX_EVENT_BYTES, "event")
     data = _loads(body)
     if not isinstance(data, Mapping):
         raise InvalidMessage(f"event must be a JSON object, got {type(data).__name__}")
@@ -223,3 +268,7 @@ def parse_event(body: bytes) -> Event:
 
 def is_valid_run_id(run_id: str) -> bool:
     return re.fullmatch(RUN_ID_PATTERN, run_id) is not None
+
+
+def is_valid_trace_id(trace_id: str) -> bool:
+    return re.fullmatch(TRACE_ID_PATTERN, trace_id) is not None

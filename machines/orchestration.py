@@ -16,6 +16,7 @@ stays one string: builds are scheduled together with IAM, their items live in
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 from transitions import Machine, MachineError
 
+from machines.errors import clip
 from machines.messages import EffectSpec, Event, RunError, RunState, Timer
 
 ACTIVE_STATES: tuple[str, ...] = (
@@ -302,7 +304,7 @@ class _RunModel:
         failed_in = event.transition.source if event is not None else self.state
         self._source_state = failed_in
         self.run.failed_state = failed_in
-        self.run.error = RunError(state=failed_in, reason=self._failure_reason(), message=self._failure_message())
+        self.run.error = RunError(state=failed_in, reason=self._failure_reason(), message=clip(self._failure_message()))
 
     def on_cancel(self, _event: Any = None) -> None:
         self.run.error = None
@@ -503,14 +505,32 @@ def _stale(run: RunState, event: Event) -> str | None:
             return f"iam.verified for {event.item!r}, but '{run.state}' waits for {wanted!r}"
         if wanted == "resources" and run.progress.get("iam", {}).get("bindings") != "succeeded":
             return "iam.verified before the resource bindings were applied"
+    earlier = _attempt_of(event)
+    if earlier is not None and earlier != run.attempt:
+        return f"outcome of attempt {earlier} arrived during attempt {run.attempt}"
     if event.type.endswith(".failed"):
-        effect_id = str(event.data.get("effect_id") or "")
-        attempt = next((p for p in effect_id.split(":") if p.startswith("a") and p[1:].isdigit()), None)
-        if attempt is not None and attempt != f"a{run.attempt}":
-            return f"failure from attempt {attempt[1:]} arrived during attempt {run.attempt}"
         phase = _FAILURE_PHASE.get(event.type)
         if phase and run.progress.get(phase, {}).get(event.item or "") == "succeeded":
             return f"{event.item!r} already succeeded in phase '{phase}'"
+    return None
+
+
+# ``:a<N>`` closes the attempt segment of effect ids (``kind:item:aN[:suffix]``) and command ids
+# (``run:instruction:target:aN[:suffix]``); item names come before it, so the last match counts.
+_ATTEMPT = re.compile(r":a(\d+)(?=:|$)")
+
+
+def _attempt_of(event: Event) -> int | None:
+    """The run attempt an outcome belongs to, read from its ``effect_id``, its ``command_id`` or
+    the ids inside its ``event_id`` (``<effect_id>~type~item``, ``director~<command_id>~type``);
+    None for commands, timers and outcomes that carry no attempt. The first id that names one wins."""
+    if event.type.startswith(("command.", "timer.")):
+        return None
+    ids = [event.data.get("effect_id"), event.data.get("command_id"), *event.event_id.split("~")]
+    for value in ids:
+        found = _ATTEMPT.findall(value) if isinstance(value, str) else []
+        if found:
+            return int(found[-1])
     return None
 
 
@@ -555,7 +575,7 @@ def failed_run(run_id: str, reason: str, message: str, now: datetime) -> RunStat
         state="failed",
         status="failed",
         version=1,
-        error=RunError(state="pending", reason=reason, message=message),
+        error=RunError(state="pending", reason=reason, message=clip(message)),
         failed_state=None,
         created_at=now,
         updated_at=now,

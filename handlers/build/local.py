@@ -360,8 +360,7 @@ def _store(service: str, work: Path, entries: Sequence[SourceEntry], out_dir: Pa
 
 def resolve_service(ctx: EffectContext) -> tuple[str, ServiceSpec, Path]:
     """(service, its spec, its build folder) for a ``build`` effect, or a non-retryable error."""
-    from machines.errors import InvalidArchitecture
-    from machines.hydration import service_dir
+    from handlers.configgen import contained_service_dir
 
     service = ctx.item or ""
     root = str(ctx.run.get("source_root") or "")
@@ -371,14 +370,12 @@ def resolve_service(ctx: EffectContext) -> tuple[str, ServiceSpec, Path]:
             retryable=False,
         )
     service, _dataflow, spec = ctx.target()
-    try:
-        folder = service_dir(spec, ctx.source_root)
-    except InvalidArchitecture as exc:
+    if spec.deployment is None:
         raise HandlerError(
             f"build of service {service!r}: it has no deployment, so there is nothing to build",
             retryable=False,
-        ) from exc
-    return service, spec, folder
+        )
+    return service, spec, contained_service_dir(spec, ctx.source_root)  # never outside the root
 
 
 def build_local(ctx: EffectContext) -> Sequence[Outcome]:

@@ -14,8 +14,9 @@
 3. A new process is ``sys.executable main.py`` in that folder, in its own session (so it survives
    the daemon being killed with SIGKILL), output appended to ``<state_dir>/logs/<service>.log``,
    with ``PORT`` (a free loopback port), ``HOST=127.0.0.1``, ``PROJECT_ID``, ``SERVICE_NAME``,
-   ``DATAFLOW_NAME``, the deployment's ``environment_vars``, the emulator switches and the
-   resolved secrets, on top of the daemon's environment without its ``PODIUM_*`` variables.
+   ``DATAFLOW_NAME``, the deployment's ``environment_vars`` and its own resolved secrets, on top
+   of a minimal environment (``handlers.secrets.child_env``: PATH, HOME, locale, TMPDIR, the
+   emulator switches). Nothing else of the daemon's environment reaches it.
 4. Health: ``GET /healthz`` must answer 200. Until it does, a live process younger than 30 s
    raises ``NotReady`` (the effect runner calls again in 0.5 s, which adopts the same process
    and re-checks; nothing sleeps). A process that exited, or is still unhealthy after 30 s,
@@ -25,7 +26,8 @@ Secrets (DESIGN.md §9): ``secret_environment_vars: [{name, value_from}]`` are r
 process starts, from the daemon's variable ``PODIUM_SECRET_<VALUE_FROM>`` (upper case, every
 character that is not a letter or digit replaced by ``_``) or else from the file
 ``<state_dir>/secrets/<value_from>``. A value reaches only the child's environment: never the
-registry, a log line, an event or an error message (those name the secret, never its value).
+registry, a log line, an event or an error message (those name the secret, never its value; a
+service's log tail in an error is redacted of every secret value the daemon knows).
 
 ``stop_all(settings, project)`` is ``podium down``'s engine; ``list_processes`` shows the registry.
 """
@@ -61,6 +63,14 @@ from handlers.deploy.registry import (
     remember_child,
     stop_process,
 )
+from handlers.secrets import (
+    child_env,
+    known_secret_values,
+    redact,
+    resolve_secrets,
+    secret_env_name,
+    service_env,
+)
 from machines.architecture import DeploymentSpec
 from machines.errors import HandlerError, NotReady
 
@@ -72,6 +82,7 @@ __all__ = [
     "registry_for",
     "resolve_secrets",
     "secret_env_name",
+    "service_env",
     "stop_all",
 ]
 
@@ -79,10 +90,8 @@ HEALTH_GRACE_SECONDS = 30.0
 RECHECK_SECONDS = 0.5
 HEALTH_TIMEOUT_SECONDS = 1.0
 LOG_TAIL_CHARS = 2000
-EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")
 
 _LOCAL_IMAGE = re.compile(r"^local://(?P<service>[^@/\s]+)@sha256:(?P<digest>[0-9a-f]{12,128})$")
-_NON_ALNUM = re.compile(r"[^A-Z0-9]")
 
 
 @cache
@@ -109,6 +118,7 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
 
     plain_env = service_env(deployment, project=project, service=service, dataflow=dataflow)
     secrets = resolve_secrets(deployment, state_dir, service)  # fails early, naming a missing one
+    hidden = [*secrets.values(), *known_secret_values(state_dir)]  # kept out of error messages
     config_hash = _config_hash(str(image), plain_env, deployment)
 
     reg = registry or registry_for(ctx.settings.project)
@@ -117,7 +127,7 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
         same = current.image == image and current.config_hash == config_hash
         if is_alive(current.pid, current.fingerprint):
             if same and (not current.healthy or _healthy(current.port)):
-                return _check_health(reg, current)  # adopt: no second process
+                return _check_health(reg, current, hidden)  # adopt: no second process
             # An older image or configuration, or one that was healthy and no longer is
             # (a supervisor restarts it rather than failing the run over it).
             stop_process(current.pid, current.fingerprint)
@@ -128,7 +138,7 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
         ):
             # This very deploy started it and it died before it was ever healthy: that is the
             # deploy's failure (with the log tail), not a process to replace behind its back.
-            return _check_health(reg, current)
+            return _check_health(reg, current, hidden)
         # else: dead (a reboot, a crash after it was healthy, another run's): replaced below
 
     workdir = extract_artifact(state_dir, service, digest)
@@ -151,17 +161,18 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
             f"{service}: another deployer registered a process meanwhile",
             retry_after=RECHECK_SECONDS,
         )
-    return _check_health(reg, record)
+    return _check_health(reg, record, hidden)
 
 
-def _check_health(reg: ProcessRegistry, record: ProcessRecord) -> Sequence[Outcome]:
+def _check_health(reg: ProcessRegistry, record: ProcessRecord, hidden: Sequence[str]) -> Sequence[Outcome]:
+    """``hidden``: the secret values to redact from a log tail put in an error message."""
     # Liveness first: a dead process's port may already serve somebody else.
     if is_alive(record.pid, record.fingerprint) and _healthy(record.port):
         if not record.healthy:
             reg.mark_healthy(record)
         return [Outcome("deploy.succeeded", record.service, {"url": record.url, "pid": record.pid})]
     if not is_alive(record.pid, record.fingerprint):
-        tail = log_tail(record)
+        tail = safe_log_tail(record, hidden)
         reg.delete(record.project, record.service, pid=record.pid)
         # Two processes can race for a free port between our probe and its bind: worth a retry.
         retryable = "Address already in use" in tail
@@ -179,7 +190,7 @@ def _check_health(reg: ProcessRegistry, record: ProcessRecord) -> Sequence[Outco
     reg.delete(record.project, record.service, pid=record.pid)
     raise HandlerError(
         f"service {record.service} did not answer GET /healthz with 200 within {HEALTH_GRACE_SECONDS:.0f} s; "
-        f"stopped it (log {record.log_path}):\n{log_tail(record)}",
+        f"stopped it (log {record.log_path}):\n{safe_log_tail(record, hidden)}",
         retryable=False,
     )
 
@@ -256,54 +267,6 @@ def _sha256_file(path: Path) -> str:
 # ---- environment and secrets ----------------------------------------------------------------
 
 
-def service_env(
-    deployment: DeploymentSpec, *, project: str, service: str, dataflow: str
-) -> dict[str, str]:
-    """The non-secret variables Podium gives a service (without PORT/HOST, which vary per start)."""
-    env = {"PROJECT_ID": project, "SERVICE_NAME": service, "DATAFLOW_NAME": dataflow}
-    env.update({k: str(v) for k, v in deployment.environment_vars.items()})
-    for key, default in (
-        ("PROJECT_ID", project),
-        ("SERVICE_NAME", service),
-        ("DATAFLOW_NAME", dataflow),
-    ):
-        env[key] = env.get(key) or default
-    for key in EMULATOR_VARS:
-        if os.environ.get(key):
-            env[key] = os.environ[key]
-    return env
-
-
-def secret_env_name(value_from: str) -> str:
-    """``PODIUM_SECRET_<VALUE_FROM upper, every non-alphanumeric character → _>``."""
-    return "PODIUM_SECRET_" + _NON_ALNUM.sub("_", value_from.upper())
-
-
-def resolve_secrets(deployment: DeploymentSpec, state_dir: Path, service: str) -> dict[str, str]:
-    """``{name: value}`` for every secret variable, or a non-retryable error naming the first
-    one that is missing (never a value)."""
-    secrets_dir = (state_dir / "secrets").resolve()
-    out: dict[str, str] = {}
-    for secret in deployment.secret_environment_vars:
-        var = secret_env_name(secret.value_from)
-        value = os.environ.get(var)
-        path = (secrets_dir / secret.value_from).resolve()
-        if value is None and path.is_relative_to(secrets_dir) and path.is_file():
-            try:
-                value = path.read_text().removesuffix("\n").removesuffix("\r")
-            except OSError:
-                value = None
-        if value is None:
-            raise HandlerError(
-                f"deploy: {service}'s secret variable {secret.name} needs secret {secret.value_from!r}, "
-                f"which is not set: export {var} in the daemon's environment or write the file "
-                f"{secrets_dir / secret.value_from}",
-                retryable=False,
-            )
-        out[secret.name] = value
-    return out
-
-
 def _config_hash(image: str, plain_env: Mapping[str, str], deployment: DeploymentSpec) -> str:
     """What a process was started with, minus anything secret: a change means a restart."""
     doc = {
@@ -336,9 +299,7 @@ def _start(
     config_hash: str,
 ) -> ProcessRecord:
     port = _free_port()
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
-    child_env.update(env)
-    child_env.update({"PORT": str(port), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
+    process_env = child_env({**env, "PORT": str(port), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
     log_path = state_dir / "logs" / f"{service}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(UTC)
@@ -353,7 +314,7 @@ def _start(
             proc = subprocess.Popen(
                 [sys.executable, "main.py"],
                 cwd=workdir,
-                env=child_env,
+                env=process_env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -380,6 +341,14 @@ def _start(
         workdir=str(workdir),
         config_hash=config_hash,
     )
+
+
+def safe_log_tail(record: ProcessRecord, hidden: Sequence[str], chars: int = LOG_TAIL_CHARS) -> str:
+    """``log_tail`` redacted of ``hidden`` (secret values), for an error message (stored in
+    Firestore). Read with a margin, so a secret cut at the start of the tail is whole when it
+    is redacted."""
+    margin = max((len(v) for v in hidden), default=0)
+    return redact(log_tail(record, chars + margin), hidden)[-chars:]
 
 
 def log_tail(record: ProcessRecord, chars: int = LOG_TAIL_CHARS) -> str:

@@ -17,6 +17,7 @@ from daemon.config import Settings
 from daemon.pubsub import ensure_daemon_plumbing
 from daemon.up import verify_dataflow
 from handlers.deploy.local import list_processes, stop_all
+from tests.faults.checks import applied_once_problems
 from tests.faults.conftest import (
     kill_processes_under,
     log_messages,
@@ -27,12 +28,11 @@ from tests.faults.conftest import (
     wait_log_line,
 )
 from tests.integration.conftest import (
-    assert_consistent,
-    audit,
     make_settings,
     publish,
     run_doc,
     start_body,
+    wait_for,
     wait_status,
 )
 
@@ -59,10 +59,9 @@ def storm_settings(emulators, firestore_reset, project, unique, workspace: Path,
         # Budgets are wall-clock time: a storm of dead daemons must not use them up.
         iam_budget_seconds=300.0,
         director_ready_budget_seconds=300.0,
-        # A message whose transaction stalls on a dead daemon's locks is nacked again and again;
-        # at the 5th delivery the Pub/Sub emulator dead-letters it, and on an ordered subscription
-        # (events) that wedges the whole subscription (an emulator bug, docs/reliability.md).
-        max_delivery_attempts=50,
+        # The production delivery-attempt default (Settings.max_delivery_attempts, 20): only
+        # transient failures are nacked, and the events subscription is not ordered.
+        max_delivery_attempts=Settings.model_fields["max_delivery_attempts"].default,
     )
     ensure_daemon_plumbing(s)
     yield s
@@ -134,6 +133,18 @@ def test_twenty_sigkills_at_random_moments_then_the_runs_succeed(storm_settings:
 
     final = daemon_process(settings, "final").start()
     docs = {run_id: wait_status(db, settings, run_id, timeout=240) for run_id in runs}
+    # Every claim of an effect counts an attempt (issue 10 point 4: an effect that keeps crashing
+    # its process is not re-driven forever), so kills that keep landing on one effect may fail
+    # its run after MAX_ATTEMPTS claims, as designed. Nothing is lost: `retry` resumes the run.
+    retried = sorted(r for r, d in docs.items() if d["status"] == "failed"
+                     and "crashed or was abandoned" in str((d.get("error") or {}).get("message")))
+    for run_id in retried:
+        publish(settings, {"command": "retry", "run_id": run_id})
+        wait_for(lambda r=run_id: (run_doc(db, settings, r) or {}).get("status") == "running"
+                 or (run_doc(db, settings, r) or {}).get("attempt", 0) > 0, 30, f"{run_id} to be retried")
+        docs[run_id] = wait_status(db, settings, run_id, timeout=240)
+    if retried:
+        print(f"crash budget spent (run failed, then retried): {retried}", flush=True)
     print(f"storm: {len(kills)} kills in {storm_seconds:.1f} s over {len(runs)} run(s); all ended "
           f"{time.monotonic() - began:.1f} s after the first start: "
           + ", ".join(f"{r} {d['status']} v{d['version']}" for r, d in docs.items()), flush=True)
@@ -142,17 +153,10 @@ def test_twenty_sigkills_at_random_moments_then_the_runs_succeed(storm_settings:
     for run_id, doc in docs.items():
         if doc["status"] != "succeeded":
             problems.append(f"{run_id} {doc['status']}: {doc.get('error')}")
-        try:
-            applied = assert_consistent(db, settings, run_id)
-        except AssertionError as exc:
-            problems.append(f"{run_id}: audit log inconsistent: {exc}")
-            applied = []
-        doubled = [i for i, n in Counter(e["event_id"] for e in applied).items() if n > 1]
-        if doubled:
-            problems.append(f"{run_id}: event ids applied twice: {doubled}")
-        outcomes = [e["event_id"] for e in audit(db, settings, run_id) if e["outcome"] == "applied" and "~" in e["event_id"]]
-        if len(set(outcomes)) != len(outcomes):
-            problems.append(f"{run_id}: an effect outcome was applied twice")
+        # Versions 1..n each applied once, and each effect's outcome applied once per attempt
+        # whatever its event id (an applied record's id *is* its event id, so counting ids
+        # could never fail).
+        problems += applied_once_problems(db, settings, run_id)
 
     registered = Counter(p["service"] for p in list_processes(settings) if p["alive"])
     if registered != Counter(SERVICES):
@@ -170,10 +174,11 @@ def test_twenty_sigkills_at_random_moments_then_the_runs_succeed(storm_settings:
         print(detail, flush=True)
 
     nacks = [e for log in sorted(tmp_path.glob("*.log")) for e in log_messages(log)
-             if e.get("message") == "failed to apply, nack"]
+             if e.get("message") == "transient failure, nack"]
     worst = max(nacks, key=lambda e: e.get("attempt") or 0, default={})
     print(f"nacked deliveries: {len(nacks)}; highest delivery attempt seen: {worst.get('attempt', 0)} "
-          f"(message {worst.get('message_id')} of run {worst.get('run_id')}; production dead-letters at 5)",
+          f"(message {worst.get('message_id')} of run {worst.get('run_id')}; dead-lettered at "
+          f"{settings.max_delivery_attempts})",
           flush=True)
     assert final.alive, f"seed={seed}: the final daemon died:\n{tail(tmp_path / 'final.log')}"
     summary("kill_storm", tried=len(kills), survived=len(kills) if not problems else 0, lost=len(problems))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.cloud import pubsub_v1
 
 from tests.faults.conftest import log_messages, rss_kb, seed_for, summary, tail, wait_log_line
 from tests.integration.conftest import (
@@ -48,6 +49,7 @@ class Poison:
     topic: str  # "commands" or "events"
     body: bytes
     expect: str = "rejected"  # or "ignored": an audit record of the finished run
+    reason: str = "invalid_message"  # the rejected record's reason, or the audit record's outcome
     attrs: dict[str, str] = field(default_factory=dict)
 
 
@@ -62,13 +64,16 @@ def _nested(depth: int) -> bytes:
 def _poisons(rng: random.Random) -> list[Poison]:
     out: list[Poison] = []
     for topic in ("commands", "events"):
+        too_large = "message_too_large" if topic == "events" else "invalid_message"
         for i in range(3):
             out.append(Poison(f"{topic}-random-{i}", topic, rng.randbytes(rng.randint(1, 4096))))
         out += [
             Poison(f"{topic}-empty", topic, b""),
-            Poison(f"{topic}-nested-lists", topic, b"[" * 200_000 + b"]" * 200_000),
-            Poison(f"{topic}-nested-objects", topic, _nested(100_000)),
-            Poison(f"{topic}-huge-int", topic, b'{"command": "cancel", "run_id": "x", "n": ' + b"9" * 100_000 + b"}"),
+            # Events are refused above 64 KiB before they are parsed; commands may be 2 MiB.
+            Poison(f"{topic}-nested-lists", topic, b"[" * 200_000 + b"]" * 200_000, reason=too_large),
+            Poison(f"{topic}-nested-objects", topic, _nested(100_000), reason=too_large),
+            Poison(f"{topic}-huge-int", topic, b'{"command": "cancel", "run_id": "x", "n": ' + b"9" * 100_000 + b"}",
+                   reason=too_large),
             Poison(f"{topic}-latin1", topic, '{"command": "cancel", "run_id": "café"}'.encode("latin-1")),
             Poison(f"{topic}-utf16", topic, '{"command": "cancel", "run_id": "x"}'.encode("utf-16")),
             Poison(f"{topic}-null", topic, b"null"),
@@ -79,9 +84,11 @@ def _poisons(rng: random.Random) -> list[Poison]:
     big = "x" * NEAR_LIMIT
     out += [
         # commands
-        Poison("commands-near-10mb", "commands", _json({"command": "cancel", "run_id": "big", "junk": big})),
+        Poison("commands-near-10mb", "commands", _json({"command": "cancel", "run_id": "big", "junk": big}),
+               reason="message_too_large"),
         Poison("commands-near-10mb-list", "commands",
-               b'{"command": "cancel", "run_id": "big", "junk": [' + b"0," * (NEAR_LIMIT // 2) + b"0]}"),
+               b'{"command": "cancel", "run_id": "big", "junk": [' + b"0," * (NEAR_LIMIT // 2) + b"0]}",
+               reason="message_too_large"),
         Poison("commands-wrong-types", "commands",
                _json({"command": "start", "run_id": 42, "architecture_yaml": ["x"], "source_root": {}})),
         Poison("commands-command-list", "commands", _json({"command": ["start"], "run_id": "x"})),
@@ -89,16 +96,21 @@ def _poisons(rng: random.Random) -> list[Poison]:
         Poison("commands-both-architectures", "commands",
                _json({"command": "start", "run_id": "both", "architecture": {}, "architecture_yaml": "name: x"})),
         Poison("commands-bad-run-id", "commands", _json({"command": "cancel", "run_id": "../etc/passwd"})),
-        Poison("commands-unknown-run-cancel", "commands", _json({"command": "cancel", "run_id": "ghost-1"})),
-        Poison("commands-unknown-run-retry", "commands", _json({"command": "retry", "run_id": "ghost-2"})),
-        Poison("commands-cancel-finished", "commands", _json({"command": "cancel", "run_id": FINISHED}), "ignored"),
-        Poison("commands-retry-finished", "commands", _json({"command": "retry", "run_id": FINISHED}), "ignored"),
+        Poison("commands-unknown-run-cancel", "commands", _json({"command": "cancel", "run_id": "ghost-1"}),
+               reason="unknown_run"),
+        Poison("commands-unknown-run-retry", "commands", _json({"command": "retry", "run_id": "ghost-2"}),
+               reason="unknown_run"),
+        Poison("commands-cancel-finished", "commands", _json({"command": "cancel", "run_id": FINISHED}), "ignored",
+               "ignored"),
+        Poison("commands-retry-finished", "commands", _json({"command": "retry", "run_id": FINISHED}), "ignored",
+               "ignored"),
         # events
         Poison("events-near-10mb-unknown-run", "events",
-               _json({"run_id": "ghost-3", "event_id": "big", "type": "build.succeeded", "data": {"blob": big}})),
+               _json({"run_id": "ghost-3", "event_id": "big", "type": "build.succeeded", "data": {"blob": big}}),
+               reason="message_too_large"),
         Poison("events-near-10mb-finished-run", "events",
                _json({"run_id": FINISHED, "event_id": "big", "type": "build.succeeded", "item": "publisher",
-                      "data": {"image": big}}), "ignored"),
+                      "data": {"image": big}}), reason="message_too_large"),
         Poison("events-wrong-types", "events", _json({"run_id": 5, "event_id": {}, "type": 3, "data": []})),
         Poison("events-data-not-object", "events",
                _json({"run_id": "ghost-4", "event_id": "e", "type": "build.succeeded", "data": "text"})),
@@ -110,19 +122,21 @@ def _poisons(rng: random.Random) -> list[Poison]:
         Poison("events-dot-event-id", "events", _json({"run_id": "ghost-5", "event_id": "..", "type": "build.failed"})),
         Poison("events-long-event-id", "events",
                _json({"run_id": "ghost-5", "event_id": "e" * 2000, "type": "build.failed"})),
-        Poison("events-unknown-run", "events", _json({"run_id": "ghost-6", "event_id": "e", "type": "deploy.succeeded"})),
+        Poison("events-unknown-run", "events", _json({"run_id": "ghost-6", "event_id": "e", "type": "deploy.succeeded"}),
+               reason="unknown_run"),
         Poison("events-big-ints-unknown-run", "events",
                _json({"run_id": "ghost-7", "event_id": "e", "type": "build.succeeded", "data": {"n": 2**200}})),
+        # Integers beyond 64 bits and nesting Firestore refuses are refused at the schema.
         Poison("events-big-ints-finished-run", "events",
                _json({"run_id": FINISHED, "event_id": "big-int", "type": "deploy.succeeded", "item": "publisher",
-                      "data": {"url": 2**200, "n": -(2**100)}}), "ignored"),
+                      "data": {"url": 2**200, "n": -(2**100)}})),
         Poison("events-deep-data-finished-run", "events",
                b'{"run_id": "' + FINISHED.encode() + b'", "event_id": "deep", "type": "director.failed", '
-               b'"item": "tracer", "data": ' + _nested(500) + b"}", "ignored"),
+               b'"item": "tracer", "data": ' + _nested(500) + b"}"),
         Poison("events-late-failure-finished-run", "events",
                _json({"run_id": FINISHED, "event_id": "late", "type": "build.failed", "item": "subscriber",
-                      "data": {"error": "too late"}}), "ignored"),
-        Poison("events-replayed-finished-run", "events", b"", "ignored"),  # body filled in below
+                      "data": {"error": "too late"}}), "ignored", "ignored"),
+        Poison("events-replayed-finished-run", "events", b"", "ignored", "duplicate"),  # body filled in below
         Poison("events-lone-surrogate", "events",
                b'{"run_id": "ghost-8", "event_id": "\\ud800", "type": "build.failed"}'),
     ]
@@ -213,6 +227,11 @@ def test_poison_on_both_topics_is_recorded_and_the_daemon_survives(settings, db,
     problems = []
     if unrecorded:
         problems.append(f"not recorded: {unrecorded}")
+    wrong = sorted(f"{tag}: {record.get('reason') or record.get('outcome')} (expected {by_tag[tag].reason})"
+                   for tag, record in found.items()
+                   if record is not None and (record.get("reason") or record.get("outcome")) != by_tag[tag].reason)
+    if wrong:
+        problems.append(f"recorded with the wrong reason: {wrong}")
     if after["status"] != "succeeded":
         problems.append(f"the run after the poison {after['status']}: {after.get('error')}")
     finished = run_doc(db, settings, FINISHED)
@@ -233,3 +252,66 @@ def test_poison_on_both_topics_is_recorded_and_the_daemon_survives(settings, db,
     summary("poison", tried=len(found), survived=len(found) - len(unrecorded) if not problems else 0,
             lost=len(unrecorded))
     assert not problems, f"seed={seed}: " + "; ".join(problems)
+
+
+LIVE = "poison-live"
+
+
+def _accounts_created(event_id: str, accounts: dict[str, Any]) -> bytes:
+    body = {"run_id": LIVE, "event_id": event_id, "type": "iam.accounts_created",
+            "data": {"service_accounts": accounts}}
+    return json.dumps(body).encode()  # ensure_ascii: a lone surrogate travels as "\ud800"
+
+
+def test_poison_reaching_a_live_runs_transaction_is_recorded_and_does_not_stall_it(
+    settings, db, daemon_factory
+):
+    """Events that pass the schema but cannot be stored (a map key over Firestore's 1500 bytes,
+    an empty key, a lone surrogate) fail inside the run's transaction the same way on every
+    delivery: each is recorded as ``unprocessable`` and acked at once, the run is unchanged,
+    and the valid event published behind them (same ordering key) still applies."""
+    daemon = daemon_factory(settings)
+    daemon.effects.handlers["iam.provision"] = lambda ctx: []  # the run waits in provisioning_iam
+    publish(settings, start_body(LIVE))
+
+    def waiting() -> dict[str, Any] | None:
+        doc = run_doc(db, settings, LIVE) or {}
+        builds = (doc.get("progress") or {}).get("build") or {}
+        done = doc.get("state") == "provisioning_iam" and builds and all(v == "succeeded" for v in builds.values())
+        return doc if done else None
+
+    version = wait_for(waiting, 30, "the run to wait for its service accounts")["version"]
+    services = sorted(run_doc(db, settings, LIVE)["plan"]["all_services"])
+
+    # Published like the daemon's own events: ordered by run id, so a nacked one would block the rest.
+    client = pubsub_v1.PublisherClient(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+    )
+    topic = client.topic_path(settings.project, settings.events_topic)
+    poisons = {
+        "key-over-1500-bytes": _accounts_created("p-long-key", {"k" * 1600: "a@b"}),
+        "empty-key": _accounts_created("p-empty-key", {"": "a@b"}),
+        "lone-surrogate": _accounts_created("p-surrogate", {s: "\ud800" for s in services}),
+    }
+    ids = {name: client.publish(topic, body, ordering_key=LIVE, run_id=LIVE).result(30) for name, body in poisons.items()}
+    valid = {s: f"{s}@manual.iam" for s in services}
+    client.publish(topic, _accounts_created("manual-accounts", valid), ordering_key=LIVE, run_id=LIVE).result(30)
+
+    # The valid event behind the poison gets through: the run finishes well within one redelivery backoff cycle.
+    doc = wait_status(db, settings, LIVE, timeout=30)
+    assert doc["status"] == "succeeded", doc.get("error")
+    assert doc["outputs"]["service_accounts"] == valid
+    records = rejected(db)
+    for name, message_id in ids.items():
+        record = records.get(message_id)
+        assert record is not None, f"{name} was not recorded"
+        assert record["reason"] == "unprocessable", (name, record)
+        assert record["message"].startswith("cannot be applied: "), (name, record["message"])
+        assert record["source"] == "events"
+    assert "InvalidArgument" in records[ids["key-over-1500-bytes"]]["message"]
+    assert "UnicodeEncodeError" in records[ids["lone-surrogate"]]["message"]
+    # Nothing of the poison was applied: the next applied transition is the valid event's.
+    applied = assert_consistent(db, settings, LIVE)
+    after = [e for e in applied if e["version"] == version + 1]
+    assert [e["event_id"] for e in after] == ["manual-accounts"]
+    assert not [e for e in audit(db, settings, LIVE) if e["event_id"].startswith("p-")]

@@ -1,5 +1,6 @@
 """The daemon as a real subprocess, killed with SIGKILL at chosen points, restarted: every run
-still succeeds, no transition is applied twice, and each effect's outcome is applied once."""
+still succeeds with the transitions of a clean run, each once (contiguous versions), each
+effect's outcome applied once, and every effect executed (the stand-in ledger)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from google.cloud.firestore_v1.base_query import FieldFilter
 
+from tests.faults.checks import applied_once_problems, effect_ids, ledger, reference_transitions
 from tests.integration.conftest import (
     assert_consistent,
-    audit,
     publish,
     start_body,
     wait_for,
@@ -23,15 +23,11 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.slow
 
 
-def _ledger(db, run_id: str) -> dict[str, int]:
-    docs = db.collection("standin_ledger").where(filter=FieldFilter("run_id", "==", run_id)).stream()
-    return {d.to_dict()["effect_id"]: d.to_dict()["executions"] for d in docs}
-
-
-def _outcomes_applied_once(db, settings, run_id: str) -> None:
-    applied = [e for e in audit(db, settings, run_id) if e["outcome"] == "applied" and "~" in e["event_id"]]
-    ids = [e["event_id"] for e in applied]
-    assert len(ids) == len(set(ids)), f"an effect outcome was applied twice: {ids}"
+def _reference(settings, db, run_id: str = "reference"):
+    """A clean run on the daemon now running: the transitions every other run must match."""
+    publish(settings, start_body(run_id))
+    assert wait_status(db, settings, run_id, timeout=60)["status"] == "succeeded"
+    return reference_transitions(db, settings, run_id)
 
 
 @pytest.mark.parametrize(
@@ -43,39 +39,56 @@ def _outcomes_applied_once(db, settings, run_id: str) -> None:
     ],
 )
 def test_sigkill_at_a_point_then_restart_finishes_every_run(settings, db, daemon_process, tmp_path: Path, fault):
+    # Budgets are wall-clock time: the emulator keeps a killed daemon's transaction locks for up
+    # to a minute (docs/reliability.md), longer than the 30 s test budget for IAM propagation.
+    settings = settings.model_copy(update={"iam_budget_seconds": 180.0, "director_ready_budget_seconds": 180.0})
     faults_dir = tmp_path / "faults"
-    ledger = {"PODIUM_STANDIN_LEDGER": "1", "PODIUM_FAULTS_DIR": str(faults_dir)}
-    first = daemon_process(settings, "first", **ledger, PODIUM_FAULTS=fault).start()
+    env = {"PODIUM_STANDIN_LEDGER": "1", "PODIUM_FAULTS_DIR": str(faults_dir)}
+    first = daemon_process(settings, "first", **env, PODIUM_FAULTS=fault).start()
     runs = [f"crash-{i}" for i in range(3)]
     for run_id in runs:
         publish(settings, start_body(run_id))
     assert first.wait_dead(60), f"the fault {fault} never fired"
     assert list(faults_dir.iterdir()), "no fault marker written"
 
-    daemon_process(settings, "second", **ledger).start()
-    for run_id in runs:
-        doc = wait_status(db, settings, run_id, timeout=90)
+    daemon_process(settings, "second", **env).start()
+    docs = {run_id: wait_status(db, settings, run_id, timeout=180) for run_id in runs}
+    reference = _reference(settings, db)
+    for run_id, doc in docs.items():
         assert doc["status"] == "succeeded", (run_id, doc.get("error"))
-        assert_consistent(db, settings, run_id)
-        _outcomes_applied_once(db, settings, run_id)
-        executions = _ledger(db, run_id)
-        effects = {e.id for e in db.collection(settings.collection).document(run_id).collection("effects").stream()}
+        problems = applied_once_problems(db, settings, run_id, reference)
+        assert not problems, problems
+        executions = ledger(db, run_id)
+        effects = effect_ids(db, settings, run_id)
         # every effect ran; one that ran more than once (interrupted, or re-driven while the dead
         # daemon's abandoned transaction still held the run's lock) had its outcome applied once
         assert effects and effects <= set(executions), (effects, executions)
 
 
 def test_two_daemons_drive_twenty_runs_without_lost_or_doubled_transitions(settings, db, daemon_process):
-    daemon_process(settings, "a").start()
-    daemon_process(settings, "b").start()
+    ledger_on = {"PODIUM_STANDIN_LEDGER": "1"}
+    daemon_process(settings, "a", **ledger_on).start()
+    daemon_process(settings, "b", **ledger_on).start()
     runs = [f"pair-{i:02d}" for i in range(20)]
     for run_id in runs:
         publish(settings, start_body(run_id))
-    for run_id in runs:
-        doc = wait_status(db, settings, run_id, timeout=180)
+    docs = {run_id: wait_status(db, settings, run_id, timeout=180) for run_id in runs}
+    reference = _reference(settings, db)
+    twice: dict[str, dict[str, int]] = {}
+    for run_id, doc in docs.items():
         assert doc["status"] == "succeeded", (run_id, doc.get("error"))
-        applied = assert_consistent(db, settings, run_id)
-        assert len(applied) == doc["version"]
+        problems = applied_once_problems(db, settings, run_id, reference)
+        assert not problems, problems
+        executions = ledger(db, run_id)
+        assert effect_ids(db, settings, run_id) <= set(executions), (run_id, executions)
+        twice.update({f"{run_id} {e}": n for e, n in executions.items() if n > 1})
+    # Effects are at-least-once: with both replicas alive a lease still expires when a heartbeat
+    # is held up longer than the lease (3 s here; on 2 cores the emulator's lock waits under 20
+    # runs do that), and the other replica runs the effect again. Its outcome is then applied
+    # once (checked above); a third execution would mean a lease was taken from a live owner twice.
+    thrice = {k: n for k, n in twice.items() if n > 2}
+    assert not thrice, f"effects executed more than twice by two live replicas: {thrice}"
+    print(f"effects executed twice (a lease expired under load): {len(twice)}", flush=True)
 
 
 def _port_from_log(log: Path) -> int:

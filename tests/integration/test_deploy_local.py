@@ -71,6 +71,22 @@ dataflows:
           secret_environment_vars:
             - {{name: API_TOKEN, value_from: "api-token-{unique}"}}
             - {{name: DB_PASSWORD, value_from: "db.password-{unique}"}}
+      leaker:
+        name: leaker
+        service_account: leaker-sa
+        deployment:
+          source_path: .
+          buildable_module_path: leaker
+          secret_environment_vars:
+            - {{name: API_TOKEN, value_from: "api-token-{unique}"}}
+"""
+
+# Prints its own secret, and another it could only know from the daemon, then dies.
+LEAKER_MAIN = """\
+import os, sys
+print("leaker: my token is", os.environ.get("API_TOKEN"), flush=True)
+print("leaker: a daemon secret seen elsewhere: other-service-secret-value", flush=True)
+sys.exit(3)
 """
 
 # Lives a little while, so the first health check finds it alive and a later one finds it dead.
@@ -98,6 +114,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         env = {n: os.environ.get(n) for n in NAMES}
         env["podium_vars"] = sorted(k for k in os.environ if k.startswith("PODIUM_"))
+        env["all_names"] = sorted(os.environ)
         body = json.dumps(env).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -468,6 +485,59 @@ def test_environment_and_secrets_reach_only_the_process(
     assert token not in stored and password not in stored
     log = (settings.state_dir / "logs" / "echo.log").read_text()
     assert token not in log and password not in log
+
+
+# What a local service may see beyond its own variables (handlers.secrets.child_env).
+MINIMAL_NAMES = {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PUBSUB_EMULATOR_HOST",
+                 "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST",
+                 "BIGTABLE_EMULATOR_HOST", "SPANNER_EMULATOR_HOST"}
+OWN_NAMES = {"PORT", "HOST", "PYTHONUNBUFFERED", "PROJECT_ID", "SERVICE_NAME", "DATAFLOW_NAME", "GREETING",
+             "API_TOKEN", "DB_PASSWORD"}
+
+
+def test_the_process_environment_is_only_the_minimal_set(
+    deployer: Deployer,
+    settings: Settings,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(secret_env_name(f"api-token-{unique}"), "tok-minimal")
+    monkeypatch.setenv(secret_env_name(f"db.password-{unique}"), "pw-minimal")
+    monkeypatch.setenv("PODIUM_SECRET_SOMEONE_ELSES", "someone-elses-secret")
+    monkeypatch.setenv("UNRELATED_DAEMON_VARIABLE", "daemon-only")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/daemon/credentials.json")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    image = write_artifact(settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN))
+
+    outcome = deployer.deploy("echo", image)
+    names = set(healthz(outcome.data["url"]).json()["all_names"])
+
+    extra = names - MINIMAL_NAMES - OWN_NAMES - {n for n in names if n.startswith("LC_")}
+    # The interpreter may add a few of its own (e.g. LC_CTYPE on a C locale): nothing of the daemon's.
+    assert not extra, f"the daemon's environment leaked into the service: {sorted(extra)}"
+    assert "LC_ALL" in names and "API_TOKEN" in names and "DB_PASSWORD" in names
+
+
+def test_a_secret_printed_by_a_failing_service_is_redacted_in_the_error(
+    deployer: Deployer,
+    settings: Settings,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = f"leaked-token-{unique}"
+    monkeypatch.setenv(secret_env_name(f"api-token-{unique}"), token)
+    monkeypatch.setenv("PODIUM_SECRET_OTHER_SERVICE", "other-service-secret-value")
+    image = write_artifact(settings.state_dir, "leaker", single_file_folder(tmp_path, "leaker", LEAKER_MAIN))
+
+    with pytest.raises(HandlerError) as failed:
+        deployer.deploy("leaker", image)
+
+    message = failed.value.message
+    assert "leaker: my token is ***" in message, message
+    assert "a daemon secret seen elsewhere: ***" in message, message
+    assert token not in message and "other-service-secret-value" not in message
 
 
 def test_a_process_that_stopped_answering_is_restarted(

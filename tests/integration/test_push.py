@@ -32,8 +32,9 @@ AUDIENCE = "https://podium.example.run.app/pubsub/push"
 
 @pytest.fixture
 def push_daemon(settings: Settings) -> Iterator[Daemon]:
-    """A daemon with HTTP on an ephemeral port and no streaming pull: push is its only intake."""
-    daemon = Daemon(settings, http_port=0, pull=False)
+    """A daemon with HTTP on an ephemeral port and no streaming pull: push is its only intake
+    (``delivery="push"``: in pull mode the endpoint does not exist)."""
+    daemon = Daemon(settings.model_copy(update={"delivery": "push"}), http_port=0, pull=False)
     daemon.start()
     yield daemon
     daemon.stop()
@@ -115,6 +116,19 @@ def test_healthz(push_daemon):
 
 
 # ---- delivery ----------------------------------------------------------------------------
+
+def test_a_pulling_daemon_has_no_push_endpoint(settings, db):
+    daemon = Daemon(settings, http_port=0, pull=False)  # delivery "pull", the default
+    daemon.start()
+    try:
+        reply = post(daemon, envelope(settings, "commands", start_body("no-push")))
+        assert reply.status_code == 404
+        assert daemon.http.server.server_address[0] == "127.0.0.1"
+    finally:
+        daemon.stop()
+    assert run_doc(db, settings, "no-push") is None
+    assert rejected(db) == {}
+
 
 def test_start_command_by_push_commits_before_200_and_the_run_finishes_by_push(settings, db, push_daemon):
     reply = post(push_daemon, envelope(settings, "commands", start_body("push-1"), attempt=1))
@@ -408,7 +422,8 @@ def test_verifier_selection():
 
 
 def test_daemon_wires_the_verifier_from_its_settings(settings):
-    configured = settings.model_copy(update={"push_audience": AUDIENCE, "push_service_account": PUSH_SA})
+    configured = settings.model_copy(update={"push_audience": AUDIENCE, "push_service_account": PUSH_SA,
+                                             "delivery": "push"})
     daemon = Daemon(configured, http_port=0, pull=False)
     daemon.start()
     try:

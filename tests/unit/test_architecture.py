@@ -833,3 +833,68 @@ def test_format_path() -> None:
         "dataflows.a.resources.topics[3].name"
     )
     assert format_path(("labels", "a.b")) == "labels['a.b']"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input (issue 10): service folders stay under the source root, no code-loading variables.
+# ---------------------------------------------------------------------------------------------
+
+PUBLISHER = "dataflows.tracer.services.publisher.deployment"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("source_path", "..", "'..' has a '..' component; it must stay inside the source root"),
+        ("source_path", "src/../../etc", "has a '..' component"),
+        ("source_path", "/etc", "'/etc' is an absolute path; it must be relative to the source root"),
+        ("source_path", "\\\\server\\share", "is an absolute path"),
+        ("buildable_module_path", "../elsewhere", "has a '..' component"),
+        ("buildable_module_path", "/opt/app", "is an absolute path"),
+        ("buildable_module_path", "pub\x00lisher", "contains a NUL character"),
+    ],
+)
+def test_service_paths_must_stay_under_the_source_root(field: str, value: str, expected: str) -> None:
+    data = base()
+    tracer(data)["services"]["publisher"]["deployment"][field] = value
+    (problem,) = problems_of(data)
+    assert problem.startswith(f"{PUBLISHER}.{field}: {value!r} ") and expected in problem, problem
+
+
+def test_plain_relative_service_paths_are_fine() -> None:
+    data = base()
+    deployment = tracer(data)["services"]["publisher"]["deployment"]
+    deployment.update({"source_path": "./services", "buildable_module_path": "py/..hidden/publisher"})
+    Architecture.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "ld_preload", "DYLD_INSERT_LIBRARIES", "PYTHONPATH",
+     "PYTHONSTARTUP", "PYTHONHOME", "PYTHONINSPECT", "PYTHONUSERBASE", "PYTHONWARNINGS", "PYTHONBREAKPOINT",
+     "BASH_ENV", "ENV", "BASH_FUNC_ls%%", "NODE_OPTIONS", "PERL5OPT", "RUBYOPT", "JAVA_TOOL_OPTIONS",
+     "GCONV_PATH"],
+)
+def test_code_loading_variables_are_refused(name: str) -> None:
+    data = base()
+    deployment = tracer(data)["services"]["publisher"]["deployment"]
+    deployment["environment_vars"] = {"FINE": "1", name: "/tmp/x"}
+    deployment["secret_environment_vars"] = [{"name": name, "value_from": "s"}]
+    refused = f"variable {name!r} is refused: it makes the dynamic loader or an interpreter load code"
+    assert problems_of(data) == [
+        f"{PUBLISHER}.environment_vars: {refused}",
+        f"{PUBLISHER}.secret_environment_vars[0].name: {refused}",
+    ]
+
+
+def test_harmless_variables_are_accepted_and_malformed_names_are_not() -> None:
+    data = base()
+    deployment = tracer(data)["services"]["publisher"]["deployment"]
+    deployment["environment_vars"] = {"PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0", "LOG_LEVEL": "debug",
+                                      "PATH_PREFIX": "/api"}
+    Architecture.from_dict(data)
+    deployment["environment_vars"] = {"A=B": "x", "OK": "nul\x00"}
+    assert problems_of(data) == [
+        f"{PUBLISHER}.environment_vars: variable name 'A=B' must be non-empty, without '=' or NUL; "
+        "the value of 'OK' contains a NUL character"
+    ]

@@ -189,6 +189,9 @@ def test_dockerfile_environment_and_port(dockerfile: list[Instruction]) -> None:
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["PODIUM_BACKEND"] == "gcp"
     assert env["PODIUM_LOG_FORMAT"] == "json"
+    # The daemon binds loopback unless told otherwise; in the container Cloud Run connects from outside.
+    assert DEFAULTS.host == "127.0.0.1"
+    assert env["PODIUM_HOST"] == "0.0.0.0"
     # Cloud Run injects PORT; the image must not pin it (or PODIUM_PORT) to another value.
     for name in ("PORT", "PODIUM_PORT"):
         assert env.get(name, str(DEFAULTS.port)) == str(DEFAULTS.port)
@@ -312,6 +315,7 @@ def test_service_spec_common(mode: str) -> None:
     # DESIGN.md section 3 settings that differ from their defaults.
     assert env["PODIUM_PROJECT"] == "PROJECT_ID"
     assert env["PODIUM_BACKEND"] == "gcp"
+    assert env["PODIUM_HOST"] == "0.0.0.0", "Cloud Run connects from outside the container"
     unknown = [name for name in env if setting_for(name) is None]
     assert not unknown, f"env vars that no setting reads: {unknown}"
 
@@ -549,7 +553,7 @@ def test_setup_subscriptions_match_the_daemons_own(pull_run: SetupRun, monkeypat
             assert int(got["--max-delivery-attempts"]) == policy["max_delivery_attempts"], name
         else:
             assert "--dead-letter-topic" not in got, name
-    assert "--enable-message-ordering" in made[DEFAULTS.events_subscription]
+    assert "--enable-message-ordering" not in made[DEFAULTS.events_subscription]  # Settings.events_ordering off
 
 
 def test_setup_grants_the_pubsub_agent_its_dead_letter_rights(pull_run: SetupRun) -> None:
@@ -648,7 +652,7 @@ def test_setup_push_mode(push_run: SetupRun) -> None:
         assert f["--push-endpoint"] == "https://podium-daemon-abc-ew.a.run.app/pubsub/push"
         assert f["--push-auth-service-account"] == push_sa
         assert f["--push-auth-token-audience"] == "podium-push.demo-proj"
-    assert "--enable-message-ordering" in subs[DEFAULTS.events_subscription][1]
+    assert "--enable-message-ordering" not in subs[DEFAULTS.events_subscription][1]
 
 
 def test_setup_is_idempotent_on_a_project_already_set_up(tmp_path: Path) -> None:

@@ -386,8 +386,29 @@ def test_service_dir(demo: Architecture, tmp_path: Path) -> None:
             )
         }
     )
-    assert service_dir(absolute, tmp_path) == Path("/abs/src")
+    # model_copy skips validation: service_dir still refuses a folder outside the root
+    with pytest.raises(InvalidArchitecture, match=r"'publisher'.*source_path.*'/abs/src' is an absolute path"):
+        service_dir(absolute, tmp_path)
     assert not (tmp_path / "publisher").exists()  # path math only
+
+
+@pytest.mark.parametrize(
+    ("source_path", "module", "field"),
+    [("..", "", "source_path"), ("a/../../b", "", "source_path"), (".", "../x", "buildable_module_path"),
+     (".", "/etc", "buildable_module_path"), (".", "x/..", "buildable_module_path")],
+)
+def test_service_dir_refuses_paths_that_leave_the_root(
+    demo: Architecture, tmp_path: Path, source_path: str, module: str, field: str
+) -> None:
+    spec = all_services(demo)["publisher"][1]
+    assert spec.deployment is not None
+    escaping = spec.model_copy(
+        update={"deployment": spec.deployment.model_copy(
+            update={"source_path": source_path, "buildable_module_path": module})}
+    )
+    with pytest.raises(InvalidArchitecture, match=f"'publisher'.*deployment.{field}") as caught:
+        service_dir(escaping, tmp_path)
+    assert not caught.value.retryable
 
 
 def test_service_dir_needs_a_deployment(demo: Architecture) -> None:

@@ -230,10 +230,11 @@ def test_json_that_is_not_an_object(parse: Any, raw: bytes, kind: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        b"[" * 100_000,
-        b"[" * 100_000 + b"]" * 100_000,
-        b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
-        b'{"command": "start", "architecture": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        # Under the event size bound (64 KiB), so the nesting is what is refused.
+        b"[" * 30_000,
+        b"[" * 30_000 + b"]" * 30_000,
+        b'{"a":' * 6_000 + b"1" + b"}" * 6_000,
+        b'{"command": "start", "architecture": {"x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}}",
     ],
     ids=["open", "closed", "objects", "inside-a-command"],
 )
@@ -401,3 +402,95 @@ def test_internal_and_command_types_cannot_be_published_as_events(kind: str) -> 
     # a forged timer could fail any state; commands belong on the commands topic
     message = rejected(parse_event, event_body(type=kind))
     assert "cannot be published" in message
+
+
+# ---- bounds: what passes here can be stored (issue 10 point 3) -------------------------
+
+
+def too_large(parse: Any, raw: bytes) -> str:
+    with pytest.raises(InvalidMessage) as info:
+        parse(raw)
+    assert info.value.reason == "message_too_large"
+    assert info.value.retryable is False
+    return info.value.message
+
+
+def test_oversized_command_body_is_refused_before_parsing() -> None:
+    from machines.messages import MAX_COMMAND_BYTES
+
+    raw = b'{"command": "start", "architecture_yaml": "' + b"x" * MAX_COMMAND_BYTES + b'"}'
+    assert f"at most {MAX_COMMAND_BYTES}" in too_large(parse_command, raw)
+
+
+def test_oversized_event_body_is_refused_before_parsing() -> None:
+    from machines.messages import MAX_EVENT_BYTES
+
+    message = too_large(parse_event, event_body(data={"x": "y" * MAX_EVENT_BYTES}))
+    assert "event body is" in message
+
+
+def test_event_data_over_the_bound_is_refused() -> None:
+    from machines.messages import MAX_EVENT_DATA_BYTES
+
+    message = rejected(parse_event, event_body(data={"error": "e" * (MAX_EVENT_DATA_BYTES + 10)}))
+    assert "data is" in message and str(MAX_EVENT_DATA_BYTES) in message
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, [1, {"deep": 2**70}]], ids=["max+1", "min-1", "nested"])
+def test_integer_firestore_cannot_store_is_refused(value: Any) -> None:
+    assert "beyond 64 bits" in rejected(parse_event, event_body(data={"n": value}))
+
+
+def test_integer_at_the_int64_bounds_is_accepted() -> None:
+    event = parse_event(event_body(data={"hi": 2**63 - 1, "lo": -(2**63)}))
+    assert event.data["hi"] == 2**63 - 1
+
+
+def test_data_nested_deeper_than_firestore_allows_is_refused() -> None:
+    nested: dict[str, Any] = {}
+    cur = nested
+    for _ in range(20):
+        cur["a"] = {}
+        cur = cur["a"]
+    assert "nested deeper" in rejected(parse_event, event_body(data=nested))
+
+
+@pytest.mark.parametrize(
+    "effect_id", ["build:a/b:a0", "", "../x", 5, "x" * 301], ids=["slash", "empty", "dots", "int", "long"]
+)
+def test_effect_id_in_data_must_be_an_effect_id(effect_id: Any) -> None:
+    assert "effect_id" in rejected(parse_event, event_body(data={"effect_id": effect_id}))
+
+
+def test_real_effect_ids_and_event_ids_pass() -> None:
+    event = parse_event(
+        event_body(
+            event_id="iam.verify:accounts:a1:p3~iam.verified~accounts",
+            data={"effect_id": "iam.verify:accounts:a1:p3"},
+        )
+    )
+    assert event.data["effect_id"] == "iam.verify:accounts:a1:p3"
+    parse_event(event_body(event_id="director~demo-1:dataflow-setup:orders:a0~dataflow_complete"))
+    parse_event(event_body(event_id="cloudbuild~0b4e6f6c-1f7e-4a7b-9d3e-3f1c1b0f9a11~SUCCESS"))
+
+
+@pytest.mark.parametrize("event_id", ["__x__", ".", "..", "~x", "a b", "a\nb", "é"])
+def test_event_id_outside_the_pattern_is_refused(event_id: str) -> None:
+    assert "event_id" in rejected(parse_event, event_body(event_id=event_id))
+
+
+@pytest.mark.parametrize("item", ["", "a/b", "x" * 129, "a\x00b", "svc name"])
+def test_item_outside_the_pattern_is_refused(item: str) -> None:
+    assert "item" in rejected(parse_event, event_body(item=item))
+
+
+@pytest.mark.parametrize("trace_id", ["x" * 129, "a b", "t/1", ""])
+def test_trace_id_outside_the_pattern_is_refused(trace_id: str) -> None:
+    assert "trace_id" in rejected(parse_command, body({"command": "cancel", "run_id": "r", "trace_id": trace_id}))
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(constant: str) -> None:
+    body = '{"run_id": "r", "event_id": "e-1", "type": "deploy.succeeded", "item": "a", "data": {"x": ' + constant + "}}"
+    with pytest.raises(InvalidMessage, match=f"{constant} is not a JSON value"):
+        parse_event(body.encode())

@@ -1343,3 +1343,74 @@ def test_late_accounts_verification_does_not_verify_the_bindings() -> None:
     d = decide(run, ev("iam.verified", "accounts"), NOW)
     assert d.outcome == "ignored"
     assert d.run.state == "verifying_dataflow_iam"
+
+
+# ---- stale replies: every outcome of an earlier attempt is ignored (issue 10, point 6) ------
+
+
+def _retried(state: str, failure: Event) -> RunState:
+    """A run that failed in ``state`` during attempt 0 and was retried: attempt 1, in ``state`` again."""
+    failed = apply(run_at(state), failure).run
+    run = apply(failed, ev("command.retry")).run
+    assert (run.state, run.attempt) == (state, 1)
+    return run
+
+
+def _event(type_: str, item: str | None, event_id: str, **data: Any) -> Event:
+    return Event(run_id="r1", event_id=event_id, type=type_, item=item, data=data)
+
+
+A0_DATAFLOW = "r1:dataflow-setup:tracer:a0"
+STALE_DIRECTOR_REPLIES = [
+    # the director's failure of attempt 0, told by its command_id only (as testdata/director answers)
+    _event("director.failed", "tracer", f"director~{A0_DATAFLOW}~failed", command_id=A0_DATAFLOW, error="x"),
+    # successes of attempt 0 too
+    _event("director.dataflow_complete", "tracer", f"director~{A0_DATAFLOW}~dataflow_complete",
+           command_id=A0_DATAFLOW),
+    # the attempt read from the event id alone
+    _event("director.dataflow_complete", "tracer", f"director~{A0_DATAFLOW}~dataflow_complete"),
+    # the runner's own failure event for the attempt-0 effect
+    _event("director.failed", "tracer", "director.command:tracer:a0~director.failed~tracer",
+           effect_id="director.command:tracer:a0", error="x"),
+]
+
+
+@pytest.mark.parametrize("stale", STALE_DIRECTOR_REPLIES, ids=lambda e: e.event_id)
+def test_a_director_reply_of_an_earlier_attempt_is_ignored(stale: Event) -> None:
+    run = _retried("provisioning_dataflows", ev("director.failed", "tracer", command_id=A0_DATAFLOW, error="x"))
+    expect_ignored(decide(run, stale, NOW), run, "outcome of attempt 0 arrived during attempt 1")
+
+
+def test_the_same_replies_of_the_current_attempt_apply() -> None:
+    run = _retried("provisioning_dataflows", ev("director.failed", "tracer", command_id=A0_DATAFLOW, error="x"))
+    a1 = "r1:dataflow-setup:tracer:a1"
+    done = decide(run, _event("director.dataflow_complete", "tracer", f"director~{a1}~dataflow_complete",
+                              command_id=a1), NOW)
+    assert done.outcome == "applied" and done.run.progress["dataflows"]["tracer"] == "succeeded"
+    failed = decide(run, _event("director.failed", "tracer", f"director~{a1}~failed", command_id=a1, error="x"), NOW)
+    assert failed.outcome == "applied" and failed.to_state == "failed"
+
+
+def test_an_effect_success_of_an_earlier_attempt_is_ignored() -> None:
+    run = _retried("deploying_services", ev("deploy.failed", "subscriber", effect_id="deploy:subscriber:a0"))
+    stale = _event("deploy.succeeded", "subscriber", "deploy:subscriber:a0~deploy.succeeded~subscriber",
+                   effect_id="deploy:subscriber:a0", url="http://old")
+    expect_ignored(decide(run, stale, NOW), run, "outcome of attempt 0 arrived during attempt 1")
+    fresh = _event("deploy.succeeded", "subscriber", "deploy:subscriber:a1~deploy.succeeded~subscriber",
+                   effect_id="deploy:subscriber:a1", url="http://new")
+    assert decide(run, fresh, NOW).outcome == "applied"
+
+
+@pytest.mark.parametrize(
+    ("event", "attempt"),
+    [
+        (_event("build.succeeded", "a1", "build:a1:a0~build.succeeded~a1", effect_id="build:a1:a0"), 0),
+        (_event("director.ready", "director", "director~r1:ping:director:a2:p3~ready",
+                command_id="r1:ping:director:a2:p3"), 2),
+        (_event("director.dependent_complete", "a3", "x", command_id="r1:dependent-resource-setup:a3:a1"), 1),
+        (_event("build.succeeded", "svc", "cloudbuild~b-1~SUCCESS"), None),
+        (_event("command.retry", None, "cmd~123:a0"), None),
+    ],
+)
+def test_the_attempt_of_an_outcome_is_read_past_items_named_like_attempts(event: Event, attempt: int | None) -> None:
+    assert orchestration._attempt_of(event) == attempt

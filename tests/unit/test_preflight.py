@@ -151,13 +151,17 @@ def test_missing_folder(tmp_path: Path) -> None:
     )
 
 
-def test_nested_pytest_gets_a_clean_environment_plus_env(
+def test_nested_pytest_gets_a_minimal_environment_plus_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Leaked into the nested run, this option would make it fail with a usage error.
     monkeypatch.setenv("PYTEST_ADDOPTS", "--no-such-option-podium")
     monkeypatch.setenv("PYTHONPATH", "/nonexistent-podium")
     monkeypatch.setenv("PODIUM_PREFLIGHT_INHERITED", "yes")
+    monkeypatch.setenv("UNRELATED_DAEMON_VARIABLE", "daemon-only-value")
+    monkeypatch.setenv("PODIUM_SECRET_DB_PASSWORD", "hunter2-secret-value")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:8681")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
     service = make_service(
         tmp_path,
         "env",
@@ -166,16 +170,50 @@ def test_nested_pytest_gets_a_clean_environment_plus_env(
                 import os
 
                 def test_env():
-                    assert "PYTHONPATH" not in os.environ
-                    assert os.environ["PODIUM_PREFLIGHT_INHERITED"] == "yes"
+                    print(dict(os.environ))  # shown in the tail: nothing of the daemon's may be in it
                     assert os.environ["RESOURCES_HINT"] == "given"
+                    assert os.environ["PUBSUB_EMULATOR_HOST"] == "127.0.0.1:8681"
+                    assert os.environ["LC_ALL"] == "C.UTF-8"
+                    assert "PATH" in os.environ and "HOME" in os.environ
+                    assert False, "show the output"
             """
         },
     )
 
     result = run_preflight("env", service, timeout=60, env={"RESOURCES_HINT": "given"})
 
-    assert result.passed, result.output_tail
+    assert result.reason == "failed" and "show the output" in result.output_tail, result.output_tail
+    assert "AssertionError" in result.output_tail and "KeyError" not in result.output_tail, result.output_tail
+    for leaked in ("PYTHONPATH", "PYTEST_ADDOPTS", "PODIUM_", "UNRELATED_DAEMON_VARIABLE",
+                   "daemon-only-value", "hunter2-secret-value"):
+        assert leaked not in result.output_tail, leaked
+
+
+def test_known_secrets_are_redacted_from_the_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PODIUM_SECRET_OTHER_SERVICE", "other-services-secret")
+    service = make_service(
+        tmp_path,
+        "leaky",
+        {
+            "test_leak.py": """
+                import os
+
+                def test_leak():
+                    print("my token is", os.environ["API_TOKEN"])
+                    print("a daemon secret reached by other means: other-services-secret")
+                    assert os.environ["API_TOKEN"] == "no", "token " + os.environ["API_TOKEN"]
+            """
+        },
+    )
+
+    token = "s3cr3t-token-value"
+    result = run_preflight("leaky", service, timeout=60, env={"API_TOKEN": token}, secrets=[token, "ab"])
+
+    assert result.reason == "failed"
+    assert token not in result.output_tail
+    assert "other-services-secret" not in result.output_tail
+    assert "my token is ***" in result.output_tail
+    assert "by other means: ***" in result.output_tail
 
 
 MARKING_TEST = """
