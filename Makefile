@@ -28,13 +28,15 @@ run: venv
 	$(VENV)/bin/podium up
 
 # Every benchmark, each under its own fresh pair of emulators (several minutes; not run by CI).
+# bench/engine.py compares with a floor loop that needs ordered events (docs/performance.md).
 # Figures land in bench/results/*.json (not in git), the charts in docs/; see docs/performance.md.
 bench: venv
 	$(PY) -c 'import matplotlib, pyinstrument' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
-	$(WITH_EMULATORS) $(PY) bench/engine.py --runs 50 --events 20 --repeat $${BENCH_REPEAT:-3} \
+	PODIUM_EVENTS_ORDERING=1 $(WITH_EMULATORS) $(PY) bench/engine.py --runs 50 --events 20 --repeat $${BENCH_REPEAT:-3} \
 		--memory-runs 10000 --output bench/results/engine.json
-	$(WITH_EMULATORS) $(PY) bench/engine.py --runs 500 --events 10 --repeat $${BENCH_REPEAT:-3} \
+	PODIUM_EVENTS_ORDERING=1 $(WITH_EMULATORS) $(PY) bench/engine.py --runs 500 --events 10 --repeat $${BENCH_REPEAT:-3} \
 		--memory-runs 0 --output bench/results/engine-500x10.json
+	$(WITH_EMULATORS) $(PY) bench/ordering.py --repeat $${BENCH_REPEAT:-3}
 	$(WITH_EMULATORS) $(PY) bench/scaling.py --repeat $${BENCH_REPEAT:-3}
 	-$(WITH_EMULATORS) $(PY) bench/scaleout.py --timeout 300  # exits 1 if a run stalls; the rest still runs
 	$(WITH_EMULATORS) $(PY) bench/e2e.py --repeat $${BENCH_REPEAT:-3}

@@ -286,11 +286,11 @@ def bench_floor(settings: Settings, runs: int, services: int, label: str) -> dic
     }
 
 
-def settings_for(tag: str) -> Settings:
+def settings_for(tag: str, **overrides: Any) -> Settings:
     suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
     s = Settings(project=os.environ.get("PODIUM_PROJECT", "podium-bench"), commands_topic=f"bcmd-{suffix}",
                  events_topic=f"bevt-{suffix}", dead_letter_topic=f"bdlq-{suffix}", collection=f"bench-{suffix}",
-                 backend="standin")
+                 backend="standin", **overrides)
     ensure_daemon_plumbing(s)
     return s
 

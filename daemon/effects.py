@@ -302,7 +302,7 @@ class EffectRunner:
                 return
             except PodiumError as exc:
                 if exc.retryable and attempts < MAX_ATTEMPTS:
-                    return self._retry_later(job, exc.message)
+                    return self._retry_later(job, exc.message, exc.retry_after)
                 outcomes = [self._failure(ctx, exc.message)]
             except Exception as exc:  # noqa: BLE001 - a handler bug fails the run clearly, after retries
                 if attempts < MAX_ATTEMPTS:
@@ -367,12 +367,13 @@ class EffectRunner:
                     job.state, job.since = "reported", time.monotonic()
         log.info("effect finished", kind=ctx.kind, outcomes=[o.type for o in outcomes])
 
-    def _retry_later(self, job: _Job, error: str) -> None:
+    def _retry_later(self, job: _Job, error: str, hint: float | None = None) -> None:
         if self._take_result(job):
-            self._schedule_retry(job, error)
+            self._schedule_retry(job, error, hint)
 
-    def _schedule_retry(self, job: _Job, error: str) -> None:
-        delay = min(2.0**job.attempts, 60.0)
+    def _schedule_retry(self, job: _Job, error: str, hint: float | None = None) -> None:
+        # Exponential backoff, or longer if the service said when to come back (RetryInfo).
+        delay = min(max(2.0**job.attempts, hint or 0.0), 600.0 if hint else 60.0)
         log.warning("effect failed, will retry", error=error[:300], retry_in_s=delay, attempt=job.attempts)
         self.store.effect_retry_later(*job.key, job.claim, delay, error)
 

@@ -14,11 +14,28 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
     from machines.architecture import Architecture, ServiceSpec
+
+
+class HandlerSettings(Protocol):
+    """What handlers may read of the daemon's settings (``daemon.config.Settings`` satisfies
+    it). A protocol, so the arrows point one way: the daemon imports handlers, never back."""
+
+    @property
+    def project(self) -> str: ...
+    @property
+    def events_topic(self) -> str: ...
+    @property
+    def source_root(self) -> Path: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def preflight_timeout_seconds(self) -> float: ...
+    @property
+    def local_iam_delay_seconds(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,7 @@ class EffectContext:
     params: Mapping[str, Any]
     attempt: int
     run: Mapping[str, Any]  # the run document as it was when the effect was leased
-    settings: Settings
+    settings: HandlerSettings
 
     @cached_property
     def architecture(self) -> Architecture:

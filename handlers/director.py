@@ -10,6 +10,7 @@ Pub/Sub is Pub/Sub.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from handlers.base import EffectContext, Outcome
+from handlers.google_errors import api_error
 from machines.architecture import Architecture
 from machines.errors import HandlerError
 
@@ -82,6 +84,6 @@ def send(ctx: EffectContext, publisher: pubsub_v1.PublisherClient | None = None)
         with contextlib.suppress(gexc.AlreadyExists):
             client.create_topic(request={"name": topic})
         raise HandlerError(f"command topic {topic} did not exist yet; created it", retryable=True) from None
-    except (gexc.ServiceUnavailable, gexc.DeadlineExceeded) as exc:
-        raise HandlerError(f"could not publish to {topic}: {exc}", retryable=True) from exc
+    except (gexc.GoogleAPICallError, gexc.RetryError, concurrent.futures.TimeoutError) as exc:
+        raise api_error(exc, f"could not publish to {topic}") from exc
     return []

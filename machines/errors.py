@@ -12,14 +12,18 @@ class PodiumError(Exception):
 
     retryable: bool = False
     reason: str = "error"
+    retry_after: float | None = None  # seconds the source asked us to wait before trying again
 
-    def __init__(self, message: str, *, retryable: bool | None = None, reason: str | None = None):
+    def __init__(self, message: str, *, retryable: bool | None = None, reason: str | None = None,
+                 retry_after: float | None = None):
         super().__init__(message)
         self.message = message
         if retryable is not None:
             self.retryable = retryable
         if reason is not None:
             self.reason = reason
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def as_dict(self) -> dict[str, object]:
         return {"reason": self.reason, "message": self.message, "retryable": self.retryable}
@@ -76,6 +80,7 @@ class NotReady(PodiumError):
 
     retryable = True
     reason = "not_ready"
+    retry_after: float = 1.0
 
     def __init__(self, message: str, *, retry_after: float = 1.0):
         super().__init__(message)

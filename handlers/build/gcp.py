@@ -47,7 +47,8 @@ from handlers.build.cloud_builds import (
     status_name,
 )
 from handlers.build.local import resolve_service, source_entries, write_source_tarball
-from machines.errors import HandlerError
+from handlers.google_errors import api_error
+from machines.errors import HandlerError, PodiumError
 from machines.hydration import image_base
 
 if TYPE_CHECKING:
@@ -176,21 +177,8 @@ def _storage_client(project: str) -> Any:
     return storage.Client(project=project)
 
 
-def _api_error(service: str, what: str, exc: Exception) -> HandlerError:
-    from google.api_core import exceptions as gexc
-
-    transient = (
-        gexc.ServiceUnavailable,
-        gexc.TooManyRequests,
-        gexc.InternalServerError,
-        gexc.DeadlineExceeded,
-        gexc.GatewayTimeout,
-        gexc.Aborted,
-        gexc.RetryError,
-    )
-    return HandlerError(
-        f"build of service {service!r}: {what} failed: {exc}", retryable=isinstance(exc, transient)
-    )
+def _api_error(service: str, what: str, exc: Exception) -> PodiumError:
+    return api_error(exc, f"build of service {service!r}: {what}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
 from handlers.base import EffectContext, Outcome
+from handlers.google_errors import api_error
 from machines.architecture import Architecture, DeploymentSpec
 from machines.errors import HandlerError, NotReady
 from machines.hydration import service_account_email
@@ -55,12 +56,6 @@ __all__ = [
 
 RECHECK_SECONDS = 5.0
 _DIGEST = re.compile(r"@sha256:(?P<digest>[0-9a-f]{10,})$")
-_NOT_RETRYABLE = (
-    gexc.InvalidArgument,
-    gexc.PermissionDenied,
-    gexc.Unauthenticated,
-    gexc.MethodNotImplemented,
-)
 T = TypeVar("T")
 Condition = run_v2.Condition
 
@@ -244,15 +239,12 @@ def _check_same_configuration(
 
 
 def _call(what: str, fn: Callable[[], T]) -> T:
-    """One API call; Google errors become HandlerErrors that say whether a retry may help.
-    NotFound and AlreadyExists pass through (the caller decides what they mean)."""
+    """One API call; Google errors become HandlerErrors that say whether a retry may help
+    (``handlers.google_errors.api_error``). NotFound and AlreadyExists pass through (the caller
+    decides what they mean)."""
     try:
         return fn()
     except (gexc.NotFound, gexc.AlreadyExists):
         raise
-    except _NOT_RETRYABLE as exc:
-        raise HandlerError(f"Cloud Run: cannot {what}: {exc.message}", retryable=False) from exc
-    except gexc.GoogleAPICallError as exc:  # Aborted/FailedPrecondition (etag), Unavailable, ...
-        raise HandlerError(
-            f"Cloud Run: cannot {what} (will retry): {exc.message}", retryable=True
-        ) from exc
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:  # Aborted (etag), Unavailable, ...
+        raise api_error(exc, f"Cloud Run: cannot {what}") from exc

@@ -53,8 +53,7 @@ from typing import Any
 import requests
 from google.cloud import firestore
 
-from daemon.config import Settings
-from handlers.base import EffectContext, Outcome
+from handlers.base import EffectContext, HandlerSettings, Outcome
 from handlers.deploy.registry import (
     ProcessRecord,
     ProcessRegistry,
@@ -366,7 +365,7 @@ def log_tail(record: ProcessRecord, chars: int = LOG_TAIL_CHARS) -> str:
 
 
 def stop_all(
-    settings: Settings, project: str | None = None, registry: ProcessRegistry | None = None
+    settings: HandlerSettings, project: str | None = None, registry: ProcessRegistry | None = None
 ) -> list[str]:
     """Stop every registered process of ``project`` (default: every project this daemon's
     registry knows) and delete its registry document. Returns the services stopped, sorted."""
@@ -380,7 +379,7 @@ def stop_all(
 
 
 def list_processes(
-    settings: Settings, project: str | None = None, registry: ProcessRegistry | None = None
+    settings: HandlerSettings, project: str | None = None, registry: ProcessRegistry | None = None
 ) -> list[dict[str, Any]]:
     """The registry's records of ``project`` (default: every project), each with ``alive``."""
     reg = registry or registry_for(settings.project)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from google.api_core import exceptions as gexc
-from google.auth import exceptions as auth_exc
-
-from machines.errors import HandlerError, PodiumError
+from handlers import google_errors
+from machines.errors import PodiumError
 from machines.iam_plan import IamBinding, ServiceAccountPlan
 
 __all__ = ["IamBackend", "api_error", "describe", "resource_name"]
@@ -84,40 +82,7 @@ def describe(binding: IamBinding) -> str:
 
 
 # ---- errors ----------------------------------------------------------------------------------
-_TRANSIENT = (
-    gexc.ServiceUnavailable,
-    gexc.GatewayTimeout,  # DeadlineExceeded
-    gexc.Conflict,  # Aborted
-    gexc.TooManyRequests,  # ResourceExhausted
-    gexc.InternalServerError,
-    gexc.NotFound,  # a resource created moments ago may not be readable everywhere yet
-    gexc.RetryError,
-)
-_PERMANENT = (gexc.Forbidden, gexc.Unauthorized, gexc.BadRequest, gexc.MethodNotAllowed)
-
-
 def api_error(exc: BaseException, what: str) -> PodiumError:
-    """A Google API (or auth) error as a ``HandlerError`` naming what was being done."""
-    if isinstance(exc, PodiumError):
-        return exc
-    detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    kind = type(exc).__name__
-    if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
-        return HandlerError(
-            f"{what}: permission denied ({kind}: {detail}); the daemon's account lacks a permission "
-            "for this",
-            retryable=False,
-        )
-    if isinstance(exc, _PERMANENT):
-        return HandlerError(f"{what}: rejected ({kind}: {detail})", retryable=False)
-    if isinstance(exc, _TRANSIENT):
-        return HandlerError(f"{what}: transient error ({kind}: {detail})", retryable=True)
-    if isinstance(exc, auth_exc.DefaultCredentialsError):
-        return HandlerError(f"{what}: no Google credentials ({detail})", retryable=False)
-    if isinstance(exc, auth_exc.RefreshError):
-        return HandlerError(
-            f"{what}: credentials could not be refreshed ({detail})",
-            retryable=bool(getattr(exc, "retryable", False)),
-        )
-    # Anything else (other API errors, transport errors): worth another try, then the run fails.
-    return HandlerError(f"{what}: {kind}: {detail}", retryable=True)
+    """``handlers.google_errors.api_error`` with IAM's one rule of its own: NotFound is "not
+    visible yet" (an account created moments ago is not readable everywhere), so retryable."""
+    return google_errors.api_error(exc, what, missing_is_transient=True)

@@ -25,7 +25,7 @@ from handlers.iam.base import api_error, describe, resource_name
 from machines.iam_plan import IamBinding, ServiceAccountPlan
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
+    from handlers.base import HandlerSettings
 
 __all__ = ["COLLECTION", "LocalIam", "account_doc_id", "binding_doc_id"]
 
@@ -48,7 +48,7 @@ class LocalIam:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: HandlerSettings,
         *,
         client: Any = None,
         clock: Callable[[], datetime] | None = None,

@@ -92,6 +92,17 @@ def test_a_retryable_failure_is_retried_later_through_the_lease(store):
     assert delay > 0
 
 
+def test_a_retry_waits_as_long_as_the_service_asked(store):
+    def throttled(ctx):
+        raise HandlerError("quota exhausted", retryable=True, retry_after=45.0)
+
+    runner, published = make_runner(store, {"build": throttled})
+    submit(runner, EffectSpec(effect_id="b", kind="build", item="s"))
+    wait_idle(runner)
+    assert published == []
+    assert store.effect_retry_later.call_args.args[3] == 45.0  # not the 2 s backoff of attempt 1
+
+
 def test_the_last_attempt_fails_the_run_with_a_clear_error(store):
     def broken(ctx):
         raise RuntimeError("kaboom")

@@ -18,7 +18,7 @@ from google.api_core import exceptions as gexc
 from daemon.config import Settings
 from daemon.engine import Engine, Inbound, Verdict, trace_of
 from daemon.store import Applied
-from handlers.google_errors import is_transient
+from handlers.google_errors import api_error, is_transient
 from machines.errors import HandlerError, InvalidMessage, TransientError
 
 
@@ -164,3 +164,41 @@ def test_a_failure_after_the_commit_still_acks() -> None:
 )
 def test_trace_ids_from_attributes_are_bounded(attrs: dict[str, str], expected: str | None) -> None:
     assert trace_of(attrs) == expected
+
+
+# ---- api_error: the one classifier of the gcp handlers (IAM, Cloud Build, Cloud Run, director) ----
+
+
+@pytest.mark.parametrize(
+    ("exc", "retryable", "says"),
+    [
+        (gexc.PermissionDenied("run.services.get denied"), False, "permission denied"),
+        (gexc.Unauthenticated("no token"), False, "permission denied"),
+        (gexc.InvalidArgument("bad"), False, "rejected"),
+        (gexc.FailedPrecondition("no index"), False, "rejected"),
+        (gexc.ServiceUnavailable("try later"), True, "transient error"),
+        (gexc.Aborted("etag mismatch"), True, "transient error"),
+        (gexc.NotFound("no such account"), True, "NotFound"),  # unknown to the classifier: retried
+    ],
+)
+def test_api_error_names_the_work_and_says_whether_to_retry(exc: Exception, retryable: bool, says: str) -> None:
+    error = api_error(exc, "creating X")
+    assert isinstance(error, HandlerError)
+    assert error.retryable is retryable
+    assert error.message.startswith("creating X: ") and says in error.message and str(exc) in error.message
+
+
+def test_api_error_keeps_a_podium_error_and_treats_missing_as_not_yet_visible_when_asked() -> None:
+    own = HandlerError("mine", retryable=False)
+    assert api_error(own, "x") is own
+    assert "transient" in api_error(gexc.NotFound("gone"), "x", missing_is_transient=True).message
+
+
+def test_api_error_carries_the_servers_retry_delay() -> None:
+    from google.protobuf import duration_pb2
+    from google.rpc import error_details_pb2
+
+    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=42, nanos=500_000_000))
+    error = api_error(gexc.TooManyRequests("quota", details=[info]), "starting a build")
+    assert error.retryable and error.retry_after == 42.5
+    assert api_error(gexc.ServiceUnavailable("down"), "x").retry_after is None

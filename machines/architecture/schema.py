@@ -1,0 +1,221 @@
+"""The architecture file's root, its dataflows and services: pydantic models with the Go anchor's keys.
+
+The schema is go-cloud-manager's ``MicroserviceArchitecture`` (see
+``docs/architecture-file.md``): same keys, same nesting, so a platform team can hand Podium its
+file unchanged. What differs is how a file is checked: ``Architecture.from_dict`` collects every
+problem and reports them at once, each as ``"<path.in.doc>: <what was expected>"``, and a typo'd
+key is an error naming the nearest valid key instead of being ignored.
+
+This module holds the services (``ServiceSpec``, ``DeploymentSpec``, the director's
+``ServiceManagerSpec``), the dataflows (``ResourceGroup``) and the root (``Architecture``); the
+resources a dataflow declares are in ``cloud_resources``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from machines.architecture.cloud_resources import CloudResourcesSpec, ServiceMapping
+from machines.architecture.cross_checks import cross_check
+from machines.architecture.document import document_shape_problem, normalize, prune
+from machines.architecture.fields import (
+    EnvVarName,
+    Map,
+    Model,
+    ModulePath,
+    ProjectId,
+    Required,
+    Seq,
+    ServiceAccount,
+    ServiceName,
+    SourcePath,
+    Text,
+)
+from machines.architecture.naming import env_var_problem
+from machines.architecture.problems import describe, translate
+from machines.errors import InvalidArchitecture
+
+__all__ = [
+    "Architecture",
+    "DeploymentSpec",
+    "Environment",
+    "HealthCheckSpec",
+    "Lifecycle",
+    "ResourceGroup",
+    "SecretEnvVar",
+    "ServiceManagerSpec",
+    "ServiceSpec",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Services.
+# ---------------------------------------------------------------------------------------------
+
+
+class SecretEnvVar(Model):
+    """An env var read from Secret Manager: ``name`` in the container, ``value_from`` the secret id."""
+
+    name: EnvVarName
+    value_from: Required
+
+
+class DeploymentSpec(Model):
+    source_path: SourcePath
+    buildable_module_path: ModulePath = ""
+    config_templates: Map[Text] = Field(default_factory=dict)  # accepted, not acted on
+    image: Text = ""
+    image_repo: Text = ""
+    service_url: Text = ""
+    region: Text = ""
+    platform: Text = ""  # accepted, not acted on
+    cpu: Text = ""
+    memory: Text = ""
+    min_instances: Annotated[int, Field(ge=0)] | None = None
+    max_instances: Annotated[int, Field(ge=0)] | None = None
+    environment_vars: Map[Text] = Field(default_factory=dict)
+    secret_environment_vars: Seq[SecretEnvVar] = ()
+
+    @field_validator("environment_vars")
+    @classmethod
+    def _environment_vars(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = [p for p in (env_var_problem(k) for k in value) if p is not None]
+        problems += [f"the value of {k!r} contains a NUL character" for k, v in value.items() if "\x00" in v]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
+class HealthCheckSpec(Model):
+    """Accepted, not acted on (the local backend probes ``GET /healthz``)."""
+
+    port: int | None = None
+    path: Text = ""
+
+
+class ServiceSpec(Model):
+    name: ServiceName
+    description: Text = ""
+    service_account: ServiceAccount
+    deployment: DeploymentSpec | None = None
+    dependencies: Seq[Required] = ()
+    health_check: HealthCheckSpec | None = None  # accepted, not acted on
+    metadata: Map[Any] = Field(default_factory=dict)  # accepted, not acted on
+
+
+class ServiceManagerSpec(ServiceSpec):
+    """The ServiceDirector: a service plus the topics it is commanded on and reports to."""
+
+    command_topic: ServiceMapping | None = None
+    completion_topic: ServiceMapping | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataflows and the root.
+# ---------------------------------------------------------------------------------------------
+
+
+class Lifecycle(Model):
+    strategy: Literal["permanent", "ephemeral"] = "permanent"
+    keep_resources_on_test: bool = False  # accepted, not acted on
+
+
+class ResourceGroup(Model):
+    """A dataflow: services and the resources that link them."""
+
+    name: Required
+    description: Text = ""
+    services: Map[ServiceSpec] = Field(default_factory=dict)
+    resources: CloudResourcesSpec = Field(default_factory=CloudResourcesSpec)
+    lifecycle: Lifecycle | None = None
+
+    @property
+    def ephemeral(self) -> bool:
+        return self.lifecycle is not None and self.lifecycle.strategy == "ephemeral"
+
+
+class Environment(Model):
+    """An entry of ``deployment_environments`` (accepted, not acted on)."""
+
+    name: Text = ""
+    project_id: Text = ""
+    labels: Map[Text] = Field(default_factory=dict)
+    location: Text = ""
+    region: Text = ""
+    teardown_protection: bool = False
+
+
+class Architecture(Model):
+    """The root of the architecture file (``MicroserviceArchitecture`` in the anchor)."""
+
+    name: Text = ""
+    project_id: ProjectId = ""
+    region: Text = ""
+    location: Text = ""
+    labels: Map[Text] = Field(default_factory=dict)
+    teardown_protection: bool = False
+    environment: Any = None
+    service_manager_spec: ServiceManagerSpec
+    dataflows: Map[ResourceGroup] = Field(default_factory=dict)
+    deployment_environments: Map[Environment] = Field(default_factory=dict)
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str | Mapping):
+            if not value:
+                return None
+            return dict(value) if isinstance(value, Mapping) else value
+        raise ValueError(f"expected a string or a mapping, got {describe(value)}")
+
+    # -- constructors ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<architecture>") -> Architecture:
+        """Validate a parsed document (YAML or JSON). Raises ``InvalidArchitecture`` with every problem."""
+        if not isinstance(data, Mapping):
+            what = (
+                "the document is empty"
+                if data is None
+                else f"expected a mapping, got {describe(data)}"
+            )
+            raise InvalidArchitecture([f"(root): {what}"], source=source)
+        shape = document_shape_problem(data)
+        if shape is not None:
+            raise InvalidArchitecture([f"(root): {shape}"], source=source)
+        normalized = normalize(data)
+        problems: list[str] = []
+        arch: Architecture | None = None
+        try:
+            arch = cls.model_validate(normalized)
+        except ValidationError as exc:
+            problems.extend(translate(err, Architecture) for err in exc.errors(include_url=False))
+        problems.extend(cross_check(normalized))
+        unique = list(dict.fromkeys(problems))
+        if unique or arch is None:
+            raise InvalidArchitecture(unique or ["(root): invalid architecture"], source=source)
+        return arch
+
+    # -- views ----------------------------------------------------------------------------------
+
+    @property
+    def director(self) -> ServiceManagerSpec:
+        return self.service_manager_spec
+
+    @property
+    def infra_dataflow_name(self) -> str:
+        """The dataflow hydration generates for the ServiceDirector's topics."""
+        return f"{self.service_manager_spec.name}-infra"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, without empty or default-empty fields; ``from_dict`` reads it back unchanged."""
+        result = prune(self.model_dump(mode="json"))
+        return result if isinstance(result, dict) else {}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(
+            self.to_dict(), sort_keys=True, default_flow_style=False, allow_unicode=True
+        )
