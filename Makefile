@@ -1,10 +1,10 @@
 # Podium: `make run` (the daemon on the embedded default), `make test`, `make lint`.
-# The emulators (DESIGN.md §2) are started around the command by daemon/emulators.py.
+# The emulators (DESIGN.md §2) are started around the command by devtools/emulators.py.
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-WITH_EMULATORS := $(PY) -m daemon.emulators run --
+WITH_EMULATORS := $(PY) -m devtools.emulators run --
 PYTEST_ARGS ?=
 
 .PHONY: venv test lint run bench clean

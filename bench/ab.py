@@ -5,7 +5,7 @@ emulators) runs in a fresh subprocess per pass, importing ``daemon``, ``machines
 ``handlers`` from either the baseline tree or this working tree. Passes alternate (B A A B B A …)
 against the same emulators, so both trees see the same warm JVMs and the same background load.
 
-    python -m daemon.emulators run -- python bench/ab.py --baseline DIR [--runs 50 --events 20 --rounds 3]
+    python -m devtools.emulators run -- python bench/ab.py --baseline DIR [--runs 50 --events 20 --rounds 3]
 
 ``DIR`` holds the baseline's ``daemon/``, ``machines/``, ``handlers/`` (e.g. ``git archive <commit>
 daemon machines handlers | tar -x -C DIR``). Writes ``bench/results/ab.json``.
@@ -70,7 +70,7 @@ def main() -> int:
         worker(Path(args.worker), args.runs, args.events, args.passes, args.log_format)
         return 0
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        print("run under the emulators: python -m daemon.emulators run -- python bench/ab.py ...", file=sys.stderr)
+        print("run under the emulators: python -m devtools.emulators run -- python bench/ab.py ...", file=sys.stderr)
         return 2
     trees = {"before": Path(args.baseline).resolve(), "after": Path(args.candidate).resolve()}
     for name, tree in trees.items():

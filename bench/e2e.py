@@ -1,7 +1,7 @@
 """End-to-end benchmark (not a test): where ``podium up``'s time goes on the embedded default.
 
 Runs what ``podium up`` runs, in this process: the daemon with the **local backend**
-(``daemon.server.Daemon``, as ``daemon/up.py`` does) deploying ``testdata/architecture.yaml``,
+(``daemon.server.Daemon``, as ``cli/up.py`` does) deploying ``testdata/architecture.yaml``,
 then ``up``'s own end-to-end check (the publisher's messages reach the subscriber). Then it
 reads the run's audit log from Firestore:
 
@@ -22,7 +22,7 @@ local IAM registry (``--keep-iam``: keep it, as a re-deploy would), and the depl
 stopped at the end. The figures are the median over repetitions; the timeline is of the
 median repetition.
 
-    python -m daemon.emulators run -- python bench/e2e.py [--repeat 3] [--png docs/timeline.png]
+    python -m devtools.emulators run -- python bench/e2e.py [--repeat 3] [--png docs/timeline.png]
         [--sweep-interval 0.5 (as podium up) | 2 (podium serve's default)] [--keep-iam]
 
 Writes ``bench/results/e2e.json`` and the Gantt chart ``docs/timeline.png``.
@@ -48,15 +48,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from google.cloud import firestore  # noqa: E402
 
+from cli.up import EXAMPLE_ARCHITECTURE, verify_dataflow  # noqa: E402
 from daemon import logs  # noqa: E402
 from daemon.config import Settings  # noqa: E402
 from daemon.pubsub import ensure_daemon_plumbing, publish_command  # noqa: E402
 from daemon.server import Daemon  # noqa: E402
-from daemon.up import REPO_TESTDATA, verify_dataflow  # noqa: E402
 from handlers.base import EffectContext, Outcome  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-UP_SWEEP_INTERVAL = 0.5  # what daemon/up.py passes: timers and NotReady re-checks fire at sweep ticks
+UP_SWEEP_INTERVAL = 0.5  # what cli/up.py passes: timers and NotReady re-checks fire at sweep ticks
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Phases: (name, start state, end) where end is a state entered or a marker computed below.
@@ -200,7 +200,7 @@ def forget_local_iam(settings: Settings) -> int:
 
 def one_run(index: int, timeout: float, sweep_interval: float, keep_iam: bool) -> dict[str, Any]:
     state_dir = Path(tempfile.mkdtemp(prefix=f"podium-e2e-{index}-"))
-    settings = Settings(backend="local", source_root=REPO_TESTDATA.parent, state_dir=state_dir,
+    settings = Settings(backend="local", source_root=EXAMPLE_ARCHITECTURE.parent, state_dir=state_dir,
                         collection=f"e2e-{index}-{os.getpid()}", sweep_interval_seconds=sweep_interval)
     ensure_daemon_plumbing(settings)
     if not keep_iam:
@@ -214,8 +214,8 @@ def one_run(index: int, timeout: float, sweep_interval: float, keep_iam: bool) -
     try:
         began = time.monotonic()
         publish_command(settings, {"command": "start", "run_id": run_id,
-                                   "architecture_yaml": REPO_TESTDATA.read_text(),
-                                   "source_root": str(REPO_TESTDATA.parent)})
+                                   "architecture_yaml": EXAMPLE_ARCHITECTURE.read_text(),
+                                   "source_root": str(EXAMPLE_ARCHITECTURE.parent)})
         ref = db.collection(settings.collection).document(run_id)
         doc: dict[str, Any] = {}
         while time.monotonic() - began < timeout:
@@ -322,7 +322,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(RESULTS / "e2e.json"))
     args = parser.parse_args()
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        print("run under the emulators: python -m daemon.emulators run -- python bench/e2e.py", file=sys.stderr)
+        print("run under the emulators: python -m devtools.emulators run -- python bench/e2e.py", file=sys.stderr)
         return 2
     os.environ.setdefault("PODIUM_PROJECT", "podium-local")
     logs.configure("json", level=30)  # as podium up: warnings and errors only

@@ -17,7 +17,7 @@ Each run is created directly in ``deploying_services`` with S services, so every
 ``deploy.succeeded`` the machine really applies (S-1 recorded items, then the fan-in join).
 Effects are not executed here: this measures the message path only.
 
-    python -m daemon.emulators run -- python bench/engine.py [--runs 50 --events 20] [--repeat 3]
+    python -m devtools.emulators run -- python bench/engine.py [--runs 50 --events 20] [--repeat 3]
         [--memory-runs 5000 | --memory-runs 0 (skip the memory check)] [--output FILE]
 
 Prints a table and writes ``bench/results/engine.json``.
@@ -362,7 +362,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(RESULTS / "engine.json"))
     args = parser.parse_args()
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        print("run under the emulators: python -m daemon.emulators run -- python bench/engine.py", file=sys.stderr)
+        print("run under the emulators: python -m devtools.emulators run -- python bench/engine.py", file=sys.stderr)
         return 2
     import logging
 

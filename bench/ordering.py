@@ -8,7 +8,7 @@ published with the run id as ordering key) and unordered, alternating which goes
 an unmeasured warm-up of each. The bare floor loop of ``bench/engine.py`` is left out: it has
 no per-run lock, so unordered it collides with itself in Firestore and measures nothing useful.
 
-    python -m daemon.emulators run -- python bench/ordering.py [--runs 50 --events 20] [--repeat 3]
+    python -m devtools.emulators run -- python bench/ordering.py [--runs 50 --events 20] [--repeat 3]
 
 Prints a table and writes ``bench/results/ordering.json``.
 """
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(RESULTS / "ordering.json"))
     args = parser.parse_args()
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        print("run under the emulators: python -m daemon.emulators run -- python bench/ordering.py", file=sys.stderr)
+        print("run under the emulators: python -m devtools.emulators run -- python bench/ordering.py", file=sys.stderr)
         return 2
     from daemon import logs
 

@@ -7,7 +7,7 @@ sessions are combined: the profile is the wall time spent inside the engine per 
 time per event is measured on a second, unprofiled pass of the same workload, next to the
 bare floor loop, so the profiler's own cost does not distort it.
 
-    python -m daemon.emulators run -- python bench/profile.py [--runs 50 --events 20] [--log-format console]
+    python -m devtools.emulators run -- python bench/profile.py [--runs 50 --events 20] [--log-format console]
 
 ``--log-format`` configures logging the way ``podium serve`` does (INFO, console or json) instead
 of the benchmark's WARNING, to see what the per-message log line costs. Writes
@@ -137,7 +137,7 @@ def main() -> int:
     parser.add_argument("--save-session", action="store_true", help="also write the pyinstrument session")
     args = parser.parse_args()
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        print("run under the emulators: python -m daemon.emulators run -- python bench/profile.py", file=sys.stderr)
+        print("run under the emulators: python -m devtools.emulators run -- python bench/profile.py", file=sys.stderr)
         return 2
     if args.log_format == "warning":
         logs.configure("console", level=logging.WARNING)

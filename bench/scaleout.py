@@ -12,7 +12,7 @@ every effect ``done``. It reports the wall time (first start published → last 
 runs/s, transitions/s, and each replica's share of the work: the ``message processed`` lines
 with ``outcome=applied`` in its JSON log, and the effects it started.
 
-    python -m daemon.emulators run -- python bench/scaleout.py [--runs 200] [--replicas 3]
+    python -m devtools.emulators run -- python bench/scaleout.py [--runs 200] [--replicas 3]
 
 Writes ``bench/results/scaleout.json``; the replicas' logs go to ``bench/results/scaleout-logs/``.
 """
@@ -269,7 +269,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(RESULTS / "scaleout.json"))
     args = parser.parse_args()
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        print("run under the emulators: python -m daemon.emulators run -- python bench/scaleout.py", file=sys.stderr)
+        print("run under the emulators: python -m devtools.emulators run -- python bench/scaleout.py", file=sys.stderr)
         return 2
     logs_dir = RESULTS / "scaleout-logs"
     logs_dir.mkdir(parents=True, exist_ok=True)

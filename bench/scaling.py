@@ -6,7 +6,7 @@ benchmark's own functions (``bench/engine.py``): Podium's message path and the b
 events are published at once, so the latency is publish→commit under that burst: it includes
 the time an event waits in the subscription behind the others.
 
-    python -m daemon.emulators run -- python bench/scaling.py [--runs 10,100,1000] [--events 5] [--repeat 3]
+    python -m devtools.emulators run -- python bench/scaling.py [--runs 10,100,1000] [--events 5] [--repeat 3]
 
 Writes ``bench/results/scaling.json`` and ``docs/scaling.png``.
 """
@@ -131,7 +131,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(RESULTS / "scaling.json"))
     args = parser.parse_args()
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        print("run under the emulators: python -m daemon.emulators run -- python bench/scaling.py", file=sys.stderr)
+        print("run under the emulators: python -m devtools.emulators run -- python bench/scaling.py", file=sys.stderr)
         return 2
     logs.configure("console", level=logging.WARNING)
     warm_up()

@@ -35,14 +35,14 @@ def handlers_for(settings: Settings) -> Mapping[str, Handler]:
     if settings.backend == "standin":
         return standin.HANDLERS
     if settings.backend == "local":
-        from handlers.build.local import build_local
         from handlers.deploy.local import deploy_local
         from handlers.iam.local import LocalIam
+        from handlers.image_builds.local import build_local
 
         return _table(LocalIam(settings), build_local, deploy_local)
-    from handlers.build.gcp import build_gcp
     from handlers.deploy.gcp import deploy_gcp
     from handlers.iam.gcp import GcpIam
+    from handlers.image_builds.gcp import build_gcp
 
     return _table(GcpIam(project=settings.project), build_gcp, deploy_gcp)
 

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     push_service_account: str | None = None
 
     # Effect runner (not contract): start-to-close deadline per effect kind in seconds (kinds
-    # not named keep the defaults of daemon/effects.py ``deadline_for``), the most effects one
+    # not named keep the defaults of daemon/effect_dispatch.py ``deadline_for``), the most effects one
     # replica holds in memory, and how long the oldest effect may wait for a worker of a fully
     # busy pool before /healthz answers 503.
     effect_deadline_seconds: dict[str, float] = Field(default_factory=dict)

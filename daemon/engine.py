@@ -8,7 +8,6 @@ failure: Pub/Sub redelivers and finally dead-letters).
 from __future__ import annotations
 
 import enum
-import json
 import re
 import traceback
 from collections.abc import Callable, Mapping
@@ -17,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from daemon.config import Settings
-from daemon.faults import crash_point
 from daemon.store import Applied, RunStore
+from devtools.faults import crash_point
 from handlers.google_errors import is_transient
 from machines.errors import InvalidArchitecture, InvalidMessage, PodiumError, clip
 from machines.messages import (
@@ -32,6 +30,8 @@ from machines.messages import (
     parse_command,
     parse_event,
 )
+from machines.start import PreparedArchitecture
+from machines.start import prepare_architecture as prepare
 
 log = structlog.get_logger("podium.engine")
 
@@ -71,6 +71,19 @@ class Engine:
         self.settled = settled or (lambda _r, _e: None)
 
     # ---- entry points ----------------------------------------------------------------
+    def routes(self) -> dict[str, tuple[str, Callable[[Inbound], Verdict]]]:
+        """Subscription name → (source label, entry point): the one route table that pull
+        (``daemon/intake.py``) and push (``daemon/http.py``) delivery share."""
+        s = self.settings
+        routes: dict[str, tuple[str, Callable[[Inbound], Verdict]]] = {
+            s.commands_subscription: ("commands", self.on_command),
+            s.events_subscription: ("events", self.on_event),
+            s.dead_letter_subscription: ("dead-letter", self.on_dead_letter),
+        }
+        if s.backend == "gcp":  # Cloud Build reports on its own topic only in gcp mode
+            routes[s.cloud_builds_subscription] = ("cloud-builds", self.on_cloud_build)
+        return routes
+
     def on_command(self, msg: Inbound) -> Verdict:
         return self._guard(msg, self._command)
 
@@ -165,7 +178,7 @@ class Engine:
         return self.store.apply(event, msg.message_id)
 
     def _cloud_build(self, msg: Inbound) -> Applied:
-        from handlers.build.cloud_builds import event_from_cloud_build
+        from handlers.image_builds.cloud_builds import event_from_cloud_build
 
         event = event_from_cloud_build(msg.data, msg.attributes)
         if event is None:  # not ours, or still running: nothing to record
@@ -190,7 +203,6 @@ class Engine:
         extra: dict[str, Any] = {"source_root": source_root, "trace_id": trace_id}
         try:
             prepared = prepare_architecture(command, default_project=self.settings.project, settings=self.settings)
-            _fits_in_a_run_document(prepared)
         except InvalidArchitecture as exc:
             # The run exists, failed, with every problem listed: the user watching it sees why.
             return self.store.start(
@@ -207,20 +219,6 @@ class Engine:
             "director_budget": s.director_ready_budget_seconds,
             "timeout_preflight": s.preflight_timeout_seconds * 2 + 60,
         }
-
-
-# Firestore holds at most 1 MiB per document; the run document carries the hydrated
-# architecture beside its progress and outputs, so the architecture gets most of it, not all.
-MAX_STORED_ARCHITECTURE_BYTES = 800 * 1024
-
-
-def _fits_in_a_run_document(prepared: PreparedArchitecture) -> None:
-    size = len(json.dumps(prepared.architecture, separators=(",", ":"), default=str).encode())
-    if size > MAX_STORED_ARCHITECTURE_BYTES:
-        raise InvalidArchitecture(
-            [f"the hydrated architecture is {size} bytes; a run can hold at most "
-             f"{MAX_STORED_ARCHITECTURE_BYTES} (Firestore documents are limited to 1 MiB)"]
-        )
 
 
 def _origin(exc: BaseException) -> str:
@@ -241,13 +239,6 @@ def trace_of(attributes: Mapping[str, str]) -> str | None:
         return attributes["trace_id"]
     parts = attributes.get("traceparent", "").split("-")
     return parts[1] if len(parts) == 4 and re.fullmatch(r"[0-9a-f]{32}", parts[1]) else None
-
-
-@dataclass(frozen=True)
-class PreparedArchitecture:
-    name: str
-    architecture: dict[str, Any]  # hydrated, JSON-safe
-    plan: dict[str, Any]
 
 
 def _source_root_problem(root: str | None, settings: Settings) -> str | None:
@@ -272,46 +263,7 @@ def _source_root_problem(root: str | None, settings: Settings) -> str | None:
 def prepare_architecture(
     command: StartCommand, default_project: str, settings: Settings | None = None
 ) -> PreparedArchitecture:
-    """Validate and hydrate the architecture of a start command (raises InvalidArchitecture).
-
-    A file without ``project_id`` deploys to the daemon's project (``PODIUM_PROJECT``). With
-    ``settings``, the command's ``source_root`` is checked too (README "Commands"): a local path
-    must resolve to ``PODIUM_SOURCE_ROOT`` or a folder under it, and ``gs://`` needs the gcp
-    backend. Anything the parser or the validation throws is an ``InvalidArchitecture``: input
-    never becomes a redelivered message.
-    """
-
-    from machines.architecture import Architecture, load_architecture
-    from machines.hydration import all_services, hydrate
-
-    source = f"start command for {command.run_id or 'a new run'}"
+    """``machines.start.prepare_architecture`` plus, with ``settings``, the check of the
+    command's ``source_root`` against the daemon's (it reads the filesystem, so it lives here)."""
     refused = _source_root_problem(command.source_root, settings) if settings is not None else None
-    try:
-        if command.architecture_yaml is not None:
-            arch = load_architecture(command.architecture_yaml, source=source)
-        else:
-            arch = Architecture.from_dict(command.architecture or {}, source=source)
-    except InvalidArchitecture as exc:
-        # Every problem at once: the source root's beside the file's.
-        raise InvalidArchitecture([*([refused] if refused else []), *exc.problems], source=source) from exc
-    except (ValidationError, RecursionError, ValueError, TypeError, OverflowError) as exc:
-        raise InvalidArchitecture([*([refused] if refused else []),
-                                   f"(root): cannot be read: {type(exc).__name__}: {str(exc)[:300]}"],
-                                  source=source) from exc
-    if refused:
-        raise InvalidArchitecture([refused], source=source)
-    if not arch.project_id:
-        arch = arch.model_copy(update={"project_id": default_project})
-    hydrated = hydrate(arch)
-    services = all_services(hydrated)
-    director = hydrated.service_manager_spec.name
-    infra = f"{director}-infra"
-    dataflows = sorted(hydrated.dataflows)
-    plan = {
-        "director": director,
-        "all_services": sorted(services),
-        "services": sorted(s for s in services if s != director),
-        "dataflows": dataflows,
-        "app_dataflows": [d for d in dataflows if d != infra],
-    }
-    return PreparedArchitecture(hydrated.name, hydrated.to_dict(), plan)
+    return prepare(command, default_project, refused=refused)

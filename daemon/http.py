@@ -61,14 +61,8 @@ class DaemonHTTP:
         self.server.server_close()
 
     def route_for(self, subscription: str) -> Callable[[Inbound], Verdict] | None:
-        name = subscription.rsplit("/", 1)[-1]
-        s = self.settings
-        return {
-            s.commands_subscription: self.engine.on_command,
-            s.events_subscription: self.engine.on_event,
-            s.dead_letter_subscription: self.engine.on_dead_letter,
-            s.cloud_builds_subscription: self.engine.on_cloud_build,
-        }.get(name)
+        route = self.engine.routes().get(subscription.rsplit("/", 1)[-1])
+        return route[1] if route else None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self

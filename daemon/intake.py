@@ -53,13 +53,7 @@ class PullIntake:
 
     def start(self) -> None:
         s = self.settings
-        routes: dict[str, tuple[str, Callable[[Inbound], Verdict]]] = {
-            s.commands_subscription: ("commands", self.engine.on_command),
-            s.events_subscription: ("events", self.engine.on_event),
-            s.dead_letter_subscription: ("dead-letter", self.engine.on_dead_letter),
-        }
-        if s.backend == "gcp":
-            routes[s.cloud_builds_subscription] = ("cloud-builds", self.engine.on_cloud_build)
+        routes = self.engine.routes()
         flow = pubsub_v1.types.FlowControl(max_messages=s.max_messages)
         for sub, (source, handle) in routes.items():
             scheduler = ThreadScheduler(ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"pull-{source}"))

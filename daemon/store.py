@@ -5,39 +5,32 @@ audit record together, decide, then write the run (version+1), the audit record 
 outbox entries in one commit. The transaction body has no side effects, because Firestore
 may run it more than once. Effects created here are already leased to this replica, and
 the transaction applying an effect's outcome event marks it done: no extra round trips.
+
+The lease writes of effects (claims, renewals, hand-backs) are in :mod:`daemon.store_leases`
+and the records of rejected messages in :mod:`daemon.rejected`; :class:`RunStore` offers both.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
 import threading
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import structlog
-from google.api_core.exceptions import FailedPrecondition
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from daemon import rejected
+from daemon.store_leases import EffectLeases, utcnow
 from handlers.base import outcome_mismatch
-from machines.errors import TransientError, UnknownRun, clip
+from machines.errors import UnknownRun
 from machines.messages import EffectSpec, Event, RunState
 from machines.orchestration import Decision, decide, failed_run, start_run
 
 EFFECTS = "effects"
 EVENTS = "events"
-REJECTED = "rejected_messages"
-MAX_RAW_BODY = 64 * 1024
-log = structlog.get_logger("podium.store")
-
-_GUARDED_BATCH = 200  # effects per conditional batch (Firestore allows 500 writes)
-_GUARD_ROUNDS = 5  # read-check-write tries when a precondition keeps failing
 
 # Fields of the run document the machine owns; everything else (architecture, source_root)
 # is written once at start.
@@ -55,10 +48,6 @@ _MACHINE_FIELDS = (
     "timer_seq",
     "updated_at",
 )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -88,7 +77,10 @@ def run_fields(run: RunState) -> dict[str, Any]:
     return data
 
 
-class RunStore:
+class RunStore(EffectLeases):
+    """The run repository: reads, the one transaction per message, and (from
+    :class:`EffectLeases`) the lease writes of the effects; rejected messages in :mod:`daemon.rejected`."""
+
     def __init__(self, client: firestore.Client, collection: str, owner: str, lease_seconds: float) -> None:
         self.client = client
         self.runs = client.collection(collection)
@@ -111,12 +103,26 @@ class RunStore:
     def effects(self, run_id: str) -> list[dict[str, Any]]:
         return [(d.to_dict() or {}) | {"id": d.id} for d in self.runs.document(run_id).collection(EFFECTS).stream()]
 
+    def expired_effects(self, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
+        """Pending effects whose lease expired (the sweep claims them through ``claim_effect``)."""
+        # With the other queries: the index check in tests/unit/test_deploy_packaging.py finds it here.
+        query = (
+            self.client.collection_group(EFFECTS)
+            .where(filter=FieldFilter("status", "==", "pending"))
+            .where(filter=FieldFilter("lease_expires", "<=", now))
+            .limit(limit)
+        )
+        return [(d.to_dict() or {}) | {"path": d.reference.path} for d in query.stream()]
+
     def list_runs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         query: Any = self.runs
         if status:
             query = query.where(filter=FieldFilter("status", "==", status))
         query = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
         return [d.to_dict() or {} for d in query.stream()]
+
+    def _effect_ref(self, run_id: str, effect_id: str) -> Any:
+        return self.runs.document(run_id).collection(EFFECTS).document(effect_id)
 
     # ---- the hot path ------------------------------------------------------------------
     def start(
@@ -237,10 +243,6 @@ class RunStore:
         with self._serial(event.run_id):
             return tx(self.client.transaction())
 
-    def new_claim(self) -> str:
-        """A claim id: which lease of an effect (creation or sweep) a runner works under."""
-        return f"{self.owner}:{uuid.uuid4().hex[:12]}"
-
     def _write_effects(
         self, transaction: firestore.Transaction, run_ref: Any, effects: Sequence[EffectSpec], now: datetime
     ) -> dict[str, str]:
@@ -282,172 +284,8 @@ class RunStore:
         message: str,
         source: str,
     ) -> None:
-        raw = body[:MAX_RAW_BODY]
-        try:
-            text: str | None = raw.decode("utf-8")
-            encoded = None
-        except UnicodeDecodeError:
-            text, encoded = None, base64.b64encode(raw).decode()
-        self.client.collection(REJECTED).document(rejected_doc_id(message_id)).set(
-            {
-                "message_id": clip(message_id, 1500),
-                "source": source,
-                "reason": reason,
-                "message": clip(message, 2000),
-                "body": text,
-                "body_base64": encoded,
-                "body_bytes": len(body),
-                "truncated": len(body) > MAX_RAW_BODY,
-                "attributes": bounded_attributes(attributes),
-                "received_at": utcnow(),
-            }
-        )
-
-    # ---- effects (outbox) --------------------------------------------------------------
-    # Every lease write is conditional on the claim the runner works under: the effect is read,
-    # checked (still pending, still this claim) and written with an ``update_time``
-    # precondition, so a replica that lost its lease can neither renew nor settle it.
-    def effect_done(self, run_id: str, effect_id: str, claim: str) -> bool:
-        """Mark done an effect that reports nothing. False if the claim was lost (nothing written)."""
-        return not self._write_if_claimed({(run_id, effect_id): claim}, {"status": "done", "done_at": utcnow()})
-
-    def effect_retry_later(
-        self, run_id: str, effect_id: str, claim: str, delay: float, error: str, recheck: bool = False
-    ) -> bool:
-        """Leave the effect pending with a lease that expires after the backoff: the sweep re-drives it.
-
-        ``recheck``: the work is under way, not failed (``NotReady``), so the next claim does not
-        count an attempt. False if the claim was lost (nothing written).
-        """
-        update: dict[str, Any] = {
-            "lease_expires": utcnow() + timedelta(seconds=delay),
-            "last_error": error[:2000],
-            "recheck": recheck,
-        }
-        return not self._write_if_claimed({(run_id, effect_id): claim}, update)
-
-    def expired_effects(self, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
-        query = (
-            self.client.collection_group(EFFECTS)
-            .where(filter=FieldFilter("status", "==", "pending"))
-            .where(filter=FieldFilter("lease_expires", "<=", now))
-            .limit(limit)
-        )
-        return [(d.to_dict() or {}) | {"path": d.reference.path} for d in query.stream()]
-
-    def claim_effect(self, run_id: str, effect_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Take over an effect whose lease expired. Returns (effect, run document) or None if lost.
-
-        The effect comes back with its new ``claim`` and ``attempts``: every claim counts an
-        attempt (except the re-check of work that was not ready, or work handed back unstarted on
-        shutdown), so an effect that keeps
-        crashing its process is not re-driven forever. Only the effect is read in the
-        transaction: locking the run document here would contend with the transactions
-        applying that run's events.
-        """
-        run_ref = self.runs.document(run_id)
-        ref = run_ref.collection(EFFECTS).document(effect_id)
-
-        @firestore.transactional
-        def tx(transaction: firestore.Transaction) -> dict[str, Any] | None:
-            now = utcnow()
-            eff = ref.get(transaction=transaction)
-            if not eff.exists:
-                return None
-            data = eff.to_dict() or {}
-            if data.get("status") != "pending" or data["lease_expires"] > now:
-                return None
-            attempts = int(data.get("attempts", 0)) + (0 if data.get("recheck") else 1)
-            update = {"owner": self.owner, "claim": self.new_claim(), "lease_expires": now + self.lease,
-                      "attempts": attempts, "recheck": False}
-            transaction.update(ref, update)
-            return data | update
-
-        with self._serial(run_id):
-            claimed = tx(self.client.transaction())
-        if claimed is None:
-            return None
-        run = run_ref.get()
-        return (claimed, run.to_dict() or {}) if run.exists else None
-
-    def extend_leases(self, held: Mapping[tuple[str, str], str]) -> set[tuple[str, str]]:
-        """Renew the leases of ``{(run_id, effect_id): claim}``; returns the keys no longer ours
-        (taken by another claim, or settled): the runner drops those."""
-        return self._write_if_claimed(held, {"lease_expires": utcnow() + self.lease})
-
-    def release_leases(self, held: Mapping[tuple[str, str], str]) -> None:
-        """On shutdown: hand queued effects back so another replica takes them at once. They never
-        started, so taking them over is not a new attempt (``recheck``): a replica stopped
-        gracefully (a scale-in, a redeploy) costs no effect its retry budget."""
-        self._write_if_claimed(held, {"lease_expires": utcnow(), "recheck": True})
-
-    def _effect_ref(self, run_id: str, effect_id: str) -> Any:
-        return self.runs.document(run_id).collection(EFFECTS).document(effect_id)
-
-    def _write_if_claimed(
-        self, held: Mapping[tuple[str, str], str], fields: Mapping[str, Any]
-    ) -> set[tuple[str, str]]:
-        """Write ``fields`` to each effect still pending under its claim; return the keys that are not."""
-        lost: set[tuple[str, str]] = set()
-        keys = list(held)
-        for i in range(0, len(keys), _GUARDED_BATCH):
-            chunk = {k: held[k] for k in keys[i : i + _GUARDED_BATCH]}
-            lost |= self._write_chunk_if_claimed(chunk, fields)
-        return lost
-
-    def _write_chunk_if_claimed(
-        self, held: Mapping[tuple[str, str], str], fields: Mapping[str, Any]
-    ) -> set[tuple[str, str]]:
-        """One conditional batch for the chunk; if any effect changed between read and write (an
-        apply, a claim: likely under load), each one on its own, so one busy effect cannot keep
-        every other lease of this replica from being renewed."""
-        lost: set[tuple[str, str]] = set()
-        batch, writes = self.client.batch(), 0
-        for _key, snap in self._pending_under_claim(held, lost):
-            batch.update(snap.reference, dict(fields), option=self.client.write_option(last_update_time=snap.update_time))
-            writes += 1
-        if not writes:
-            return lost
-        try:
-            batch.commit()
-            return lost
-        except FailedPrecondition:
-            pass
-        for key in [k for k in held if k not in lost]:
-            try:
-                if not self._write_one_if_claimed(key, held[key], fields):
-                    lost.add(key)
-            except TransientError as exc:  # still ours as far as we know: the next heartbeat retries
-                log.warning("lease write kept colliding", effect_id=key[1], error=str(exc))
-        return lost
-
-    def _pending_under_claim(
-        self, held: Mapping[tuple[str, str], str], lost: set[tuple[str, str]]
-    ) -> Iterator[tuple[tuple[str, str], Any]]:
-        """The snapshots of the effects still pending under their claim; adds the others to ``lost``."""
-        refs = {self._effect_ref(*key).path: key for key in held}
-        for snap in self.client.get_all([self._effect_ref(*key) for key in held]):
-            key = refs[snap.reference.path]
-            data = (snap.to_dict() or {}) if snap.exists else {}
-            if data.get("status") != "pending" or data.get("claim") != held[key]:
-                lost.add(key)
-            else:
-                yield key, snap
-
-    def _write_one_if_claimed(self, key: tuple[str, str], claim: str, fields: Mapping[str, Any]) -> bool:
-        """Conditional write of one effect; False once it is no longer pending under ``claim``."""
-        for _ in range(_GUARD_ROUNDS):
-            lost: set[tuple[str, str]] = set()
-            found = list(self._pending_under_claim({key: claim}, lost))
-            if not found:
-                return False
-            snap = found[0][1]
-            try:
-                snap.reference.update(dict(fields), option=self.client.write_option(last_update_time=snap.update_time))
-                return True
-            except FailedPrecondition:  # changed between read and write again: read again
-                continue
-        raise TransientError(f"effect {key[1]} of run {key[0]} kept changing under us ({_GUARD_ROUNDS} tries)")
+        """Record a message that is acked without being applied (see :mod:`daemon.rejected`)."""
+        rejected.record_rejected(self.client, message_id, body, attributes, reason, message, source)
 
     # ---- timers ------------------------------------------------------------------------
     def due_timers(self, now: datetime, limit: int = 100) -> list[tuple[str, int]]:
@@ -483,20 +321,6 @@ class _RunLocks:
                 users[0] -= 1
                 if not users[0]:
                     del self._locks[run_id]
-
-
-def rejected_doc_id(message_id: str) -> str:
-    """The message id itself when it is a usable document id (Pub/Sub's are digits), else a
-    digest of it: a pushed envelope may carry any id, and its record must still be written."""
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:~@+=-]{0,199}", message_id):
-        return message_id
-    return "id-" + hashlib.sha256(message_id.encode("utf-8", "replace")).hexdigest()[:40]
-
-
-def bounded_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
-    """Pub/Sub's own limits (100 attributes, 256-byte keys, 1024-byte values): a pushed envelope
-    may exceed them, and the record of a rejected message must still fit in one document."""
-    return {str(k)[:256]: str(v)[:1024] for k, v in list(attributes.items())[:100]}
 
 
 def _audit(

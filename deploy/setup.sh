@@ -265,7 +265,7 @@ step_accounts() {
   # Pushes and reads images in Artifact Registry (builds run under its identity; writer is the narrowest role that pushes).
   grant_project "$sa" roles/artifactregistry.writer
 
-  # Build sources are uploaded to gs://<project>_cloudbuild/source/ (handlers/build): storage.admin on that bucket only.
+  # Build sources are uploaded to gs://<project>_cloudbuild/source/ (handlers/image_builds): storage.admin on that bucket only.
   if exists storage buckets describe "$BUILD_BUCKET"; then
     log "bucket $BUILD_BUCKET exists"
   else
@@ -353,11 +353,12 @@ step_build() {
   # deploy/Dockerfile at the root (tests, bench, testdata and .venv are never uploaded).
   local ctx="$WORK_DIR/context"
   mkdir -p "$ctx"
-  cp -R "$REPO_ROOT/daemon" "$REPO_ROOT/machines" "$REPO_ROOT/handlers" "$REPO_ROOT/pyproject.toml" "$ctx/"
+  cp -R "$REPO_ROOT/daemon" "$REPO_ROOT/cli" "$REPO_ROOT/devtools" "$REPO_ROOT/machines" "$REPO_ROOT/handlers" "$REPO_ROOT/pyproject.toml" "$ctx/"
   if [[ -f "$REPO_ROOT/README.md" ]]; then
     cp "$REPO_ROOT/README.md" "$ctx/"
   fi
   cp "$HERE/Dockerfile" "$ctx/Dockerfile"
+  rm -rf "$ctx/cli/example"  # podium up's embedded example: not needed to serve
   find "$ctx" -name __pycache__ -type d -prune -exec rm -rf {} +
   log "building $IMAGE with Cloud Build"
   gc builds submit "$ctx" --tag="$IMAGE"

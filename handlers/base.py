@@ -16,6 +16,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from machines.pipeline import EFFECT_KINDS
+
 if TYPE_CHECKING:
     from machines.architecture import Architecture, ServiceSpec
 
@@ -89,30 +91,11 @@ class EffectContext:
 
 Handler = Callable[[EffectContext], Sequence[Outcome]]
 
-# The failure event each effect kind reports when its handler gives up.
-FAILURE_EVENT: dict[str, str] = {
-    "configgen": "config.failed",
-    "preflight": "preflight.failed",
-    "iam.provision": "iam.failed",
-    "iam.verify": "iam.failed",
-    "iam.bind": "iam.failed",
-    "build": "build.failed",
-    "deploy": "deploy.failed",
-    "director.command": "director.failed",
-}
-
-# The success events each effect kind reports. With FAILURE_EVENT, these are the only events
-# that may settle (mark done) an effect of that kind.
-SUCCESS_EVENTS: dict[str, frozenset[str]] = {
-    "configgen": frozenset({"config.generated"}),
-    "preflight": frozenset({"preflight.passed"}),
-    "iam.provision": frozenset({"iam.accounts_created"}),
-    "iam.verify": frozenset({"iam.verified"}),
-    "iam.bind": frozenset({"iam.bindings_applied"}),
-    "build": frozenset({"build.succeeded"}),
-    "deploy": frozenset({"deploy.succeeded"}),
-    "director.command": frozenset({"director.ready", "director.dataflow_complete", "director.dependent_complete"}),
-}
+# What each effect kind reports (machines/pipeline.py EFFECT_KINDS): the failure event when
+# its handler gives up, and the success events. These are the only events that may settle
+# (mark done) an effect of that kind.
+FAILURE_EVENT: dict[str, str] = {name: kind.fails_with for name, kind in EFFECT_KINDS.items()}
+SUCCESS_EVENTS: dict[str, frozenset[str]] = {name: kind.succeeds_with for name, kind in EFFECT_KINDS.items()}
 # Success events whose item is not the effect's: accounts are created for every service at
 # once (no item), and a ping's answer names the director, not the ping.
 _ITEM_FREE_EVENTS = frozenset({"iam.accounts_created", "director.ready"})

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from machines.errors import InvalidMessage
+from machines.pipeline import OUTCOME_EVENT_TYPES
 
 # Firestore document ids may not contain "/" and must not be "." or "..": keep run ids boring.
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -44,26 +45,8 @@ MAX_EVENT_DATA_BYTES = 32 * 1024
 MAX_DATA_DEPTH = 16  # Firestore allows 20 levels of maps; the run document nests data in two
 _INT64 = (-(2**63), 2**63 - 1)
 
-EVENT_TYPES: frozenset[str] = frozenset(
-    {
-        "config.generated",
-        "config.failed",
-        "preflight.passed",
-        "preflight.failed",
-        "iam.accounts_created",
-        "iam.bindings_applied",
-        "iam.verified",
-        "iam.failed",
-        "build.succeeded",
-        "build.failed",
-        "deploy.succeeded",
-        "deploy.failed",
-        "director.ready",
-        "director.dataflow_complete",
-        "director.dependent_complete",
-        "director.failed",
-    }
-)
+# What effects and the ServiceDirector may report: every outcome of machines/pipeline.py's kinds.
+EVENT_TYPES: frozenset[str] = OUTCOME_EVENT_TYPES
 # Internal: fired by the daemon's own timer sweep, never accepted from a topic.
 INTERNAL_EVENT_TYPES: frozenset[str] = frozenset({"timer.fired"})
 

@@ -27,63 +27,24 @@ from transitions import Machine, MachineError
 
 from machines.errors import clip
 from machines.messages import EffectSpec, Event, RunError, RunState, Timer
-
-ACTIVE_STATES: tuple[str, ...] = (
-    "pending",
-    "generating_config",
-    "preflight",
-    "provisioning_iam",
-    "verifying_iam",
-    "building",
-    "deploying_director",
-    "awaiting_director",
-    "provisioning_dataflows",
-    "verifying_dataflow_iam",
-    "deploying_services",
-    "dependent_setup",
+from machines.pipeline import (
+    FAILURE_SOURCES,
+    FAN_IN,
+    ITEM_PROGRESS,
+    PHASES,
+    PIPELINE_STATES,
+    STATE_TIMEOUTS,
 )
+
+# The phases, their edges, items, joins, failures and timeouts come from machines/pipeline.py.
+ACTIVE_STATES: tuple[str, ...] = ("pending", *PIPELINE_STATES)
 TERMINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 STATES: tuple[str, ...] = ACTIVE_STATES + TERMINAL_STATES
 STATUS_OF_TERMINAL = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
 
-# Where each per-item event type records its item, by the state it arrives in.
-_ITEM_PHASE: dict[tuple[str, str], str] = {
-    ("preflight_passed", "preflight"): "preflight",
-    ("build_succeeded", "provisioning_iam"): "build",
-    ("build_succeeded", "verifying_iam"): "build",
-    ("build_succeeded", "building"): "build",
-    ("deploy_succeeded", "deploying_director"): "director",
-    ("deploy_succeeded", "deploying_services"): "deploy",
-    ("director_dataflow_complete", "provisioning_dataflows"): "dataflows",
-    ("director_dependent_complete", "dependent_setup"): "dependent",
-}
-# The phase whose items gate each fan-in state's ``advance``.
-_FAN_IN_PHASE = {
-    "preflight": "preflight",
-    "building": "build",
-    "provisioning_dataflows": "dataflows",
-    "deploying_services": "deploy",
-    "dependent_setup": "dependent",
-}
-# Each failure event fails the run only in the states whose effects can report it.
-_FAILURE_SOURCES: dict[str, tuple[str, ...]] = {
-    "config_failed": ("generating_config",),
-    "preflight_failed": ("preflight",),
-    "iam_failed": ("provisioning_iam", "verifying_iam", "verifying_dataflow_iam"),
-    "build_failed": ("provisioning_iam", "verifying_iam", "building"),
-    "deploy_failed": ("deploying_director", "deploying_services"),
-    "director_failed": ("awaiting_director", "provisioning_dataflows", "dependent_setup"),
-}
-_FAILURE_TRIGGERS = tuple(_FAILURE_SOURCES)
-
 DEFAULT_LIMITS: dict[str, float] = {
     "state_timeout": 1800.0,  # any state without a more specific budget
-    "timeout_generating_config": 300.0,
-    "timeout_preflight": 900.0,
-    "timeout_deploying_director": 600.0,
-    "timeout_provisioning_dataflows": 900.0,
-    "timeout_deploying_services": 900.0,
-    "timeout_dependent_setup": 600.0,
+    **{f"timeout_{state}": seconds for state, seconds in STATE_TIMEOUTS.items()},
     "iam_budget": 600.0,  # IAM may take 2-7 minutes to propagate
     "iam_poll_initial": 1.0,
     "iam_poll_max": 30.0,
@@ -163,7 +124,7 @@ class _RunModel:
 
     # ---- conditions ---------------------------------------------------------------
     def phase_complete(self, _event: Any = None) -> bool:
-        phase = _FAN_IN_PHASE.get(self.state)
+        phase = FAN_IN.get(self.state)
         return phase is not None and not self.pending(phase)
 
     def timer_exhausted(self, _event: Any = None) -> bool:
@@ -343,50 +304,37 @@ class _RunModel:
         return f"{event.type}{who}: {what}"
 
 
+# Edges that run an action of their own besides entering a state.
+_AFTER: dict[tuple[str, str], str] = {("verifying_dataflow_iam", "iam.bindings_applied"): "on_bindings_applied"}
+
+
 def transition_table() -> list[dict[str, Any]]:
-    """The machine's edges, shared by ``MACHINE`` and ``podium graph``."""
+    """The machine's edges, derived from ``machines.pipeline.PHASES``; shared by ``MACHINE``
+    and ``podium graph``."""
     active = list(ACTIVE_STATES)
-    t: list[dict[str, Any]] = [
-        {"trigger": "command_start", "source": "pending", "dest": "generating_config"},
-        {"trigger": "config_generated", "source": "generating_config", "dest": "preflight"},
-        {"trigger": "preflight_passed", "source": "preflight", "dest": None},
-        {"trigger": "iam_accounts_created", "source": "provisioning_iam", "dest": "verifying_iam"},
-        {"trigger": "iam_verified", "source": "verifying_iam", "dest": "building"},
-        {"trigger": "build_succeeded", "source": ["provisioning_iam", "verifying_iam", "building"], "dest": None},
-        {"trigger": "deploy_succeeded", "source": "deploying_director", "dest": "awaiting_director"},
-        {"trigger": "director_ready", "source": "awaiting_director", "dest": "provisioning_dataflows"},
-        {"trigger": "director_dataflow_complete", "source": "provisioning_dataflows", "dest": None},
-        {
-            "trigger": "iam_bindings_applied",
-            "source": "verifying_dataflow_iam",
-            "dest": None,
-            "after": "on_bindings_applied",
-        },
-        {"trigger": "iam_verified", "source": "verifying_dataflow_iam", "dest": "deploying_services"},
-        {"trigger": "deploy_succeeded", "source": "deploying_services", "dest": None},
-        {"trigger": "director_dependent_complete", "source": "dependent_setup", "dest": None},
-        # Fan-in joins: tried after every applied event; pass when the phase's last item reported.
-        {"trigger": "advance", "source": "preflight", "dest": "provisioning_iam", "conditions": "phase_complete"},
-        {"trigger": "advance", "source": "building", "dest": "deploying_director", "conditions": "phase_complete"},
-        {
-            "trigger": "advance",
-            "source": "provisioning_dataflows",
-            "dest": "verifying_dataflow_iam",
-            "conditions": "phase_complete",
-        },
-        {
-            "trigger": "advance",
-            "source": "deploying_services",
-            "dest": "dependent_setup",
-            "conditions": "phase_complete",
-        },
-        {"trigger": "advance", "source": "dependent_setup", "dest": "succeeded", "conditions": "phase_complete"},
+    t: list[dict[str, Any]] = [{"trigger": "command_start", "source": "pending", "dest": PIPELINE_STATES[0]}]
+    # Each phase's own edges; one edge (several sources) per (event, destination, action).
+    grouped: dict[tuple[str, str | None, str | None], list[str]] = {}
+    for phase in PHASES:
+        for event, dest in phase.moves:
+            grouped.setdefault((event, dest, _AFTER.get((phase.state, event))), []).append(phase.state)
+    for (event, dest, after), sources in grouped.items():
+        edge: dict[str, Any] = {"trigger": trigger_name(event),
+                                "source": sources[0] if len(sources) == 1 else sources, "dest": dest}
+        if after:
+            edge["after"] = after
+        t.append(edge)
+    # Fan-in joins: tried after every applied event; pass when the phase's last item reported.
+    t += [{"trigger": "advance", "source": p.state, "dest": p.then, "conditions": "phase_complete"}
+          for p in PHASES if p.fan_in]
+    t += [
         # Deadlines: a poll budget or a state timeout that ran out fails the run; else poll again.
         {"trigger": "timer_fired", "source": active, "dest": "failed", "conditions": "timer_exhausted"},
         {"trigger": "timer_fired", "source": active, "dest": None, "after": "on_timer"},
         {"trigger": "command_cancel", "source": active, "dest": "cancelled", "before": "on_cancel"},
     ]
-    t += [{"trigger": f, "source": list(sources), "dest": "failed"} for f, sources in _FAILURE_SOURCES.items()]
+    t += [{"trigger": trigger_name(f), "source": list(sources), "dest": "failed"}
+          for f, sources in FAILURE_SOURCES.items()]
     # Redrive: back to the state that failed (one edge per state keeps the graph honest).
     t += [
         {
@@ -396,8 +344,7 @@ def transition_table() -> list[dict[str, Any]]:
             "conditions": f"failed_in_{state}",
             "before": "on_retry",
         }
-        for state in ACTIVE_STATES
-        if state != "pending"
+        for state in PIPELINE_STATES
     ]
     return t
 
@@ -416,7 +363,7 @@ def _build_machine() -> Machine:
         send_event=True,
     )
     # Failure edges record the error before the state changes.
-    for trig in (*_FAILURE_TRIGGERS, "timer_fired"):
+    for trig in (*(trigger_name(f) for f in FAILURE_SOURCES), "timer_fired"):
         for transition_list in machine.events[trig].transitions.values():
             for tr in transition_list:
                 if tr.dest == "failed":
@@ -451,7 +398,7 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     if stale:
         return _ignored(run, event, stale)
 
-    phase = _ITEM_PHASE.get((trig, state))
+    phase = ITEM_PROGRESS.get((event.type, state))
     if phase is not None:
         items = run.progress.get(phase, {})
         key = event.item
@@ -478,7 +425,7 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
         MACHINE.add_model(model, initial=state)
         try:
             fired = model.trigger(trig)  # type: ignore[attr-defined]
-            while fired and model.state in _FAN_IN_PHASE:
+            while fired and model.state in FAN_IN:
                 model._source_state = model.state
                 if not model.may_advance():  # type: ignore[attr-defined]
                     break

@@ -1,6 +1,6 @@
 """Shared fixtures for every test folder.
 
-Emulators: under ``make test`` (``python -m daemon.emulators run -- pytest``) the
+Emulators: under ``make test`` (``python -m devtools.emulators run -- pytest``) the
 variables PUBSUB_EMULATOR_HOST and FIRESTORE_EMULATOR_HOST are already set and the
 session reuses that pair; a bare ``pytest`` starts its own pair for the session.
 Any test that uses the ``emulators`` fixture (directly or through another fixture)
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from google.cloud import firestore, pubsub_v1
 
-from daemon.emulators import Emulators, attach_from_env, start_emulators
+from devtools.emulators import Emulators, attach_from_env, start_emulators
 from machines.errors import EmulatorError
 
 TEST_PROJECT = "podium-test"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.up import verify_dataflow
 from daemon.config import Settings
 from daemon.pubsub import ensure_daemon_plumbing
-from daemon.up import verify_dataflow
 from handlers.deploy.local import list_processes, stop_all
 from tests.integration.conftest import (
     assert_consistent,

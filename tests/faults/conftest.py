@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import structlog
 
-from daemon.emulators import Emulators
+from devtools.emulators import Emulators
 from tests.integration.conftest import (  # noqa: F401 - fixtures re-exported for this folder
     daemon_factory,
     daemon_process,
@@ -199,7 +199,7 @@ def emulator_pid(emulators: Emulators, name: str) -> int:
     """The java PID of this session's ``pubsub`` or ``firestore`` emulator.
 
     A session that started its own pair knows the PIDs (``Emulators.pids``); under
-    ``python -m daemon.emulators run -- pytest`` the pair is attached from the environment,
+    ``python -m devtools.emulators run -- pytest`` the pair is attached from the environment,
     so the PID is the process listening on the announced port.
     """
     pid = emulators.pids.get(name)

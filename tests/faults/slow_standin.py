@@ -34,6 +34,6 @@ def slow_down(spec: str) -> None:
 
 if __name__ == "__main__":
     slow_down(os.environ.get("PODIUM_TEST_SLOW_EFFECTS", ""))
-    from daemon.cli import main
+    from cli.main import main
 
     sys.exit(main())

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.up import verify_dataflow
 from daemon.config import Settings
 from daemon.pubsub import ensure_daemon_plumbing
-from daemon.up import verify_dataflow
 from handlers.deploy.local import list_processes, stop_all
 from tests.faults.checks import applied_once_problems
 from tests.faults.conftest import (

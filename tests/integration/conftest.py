@@ -112,7 +112,7 @@ class DaemonProcess:
         env = self.env | extra_env
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "serve"], env=env, stdout=log, stderr=log, cwd=REPO
+            [sys.executable, "-m", "cli.main", "serve"], env=env, stdout=log, stderr=log, cwd=REPO
         )
         return self
 

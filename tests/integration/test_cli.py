@@ -1,6 +1,6 @@
 """The ``podium`` CLI against the emulators and an in-process daemon (stand-in backend).
 
-Commands run in-process through ``daemon.cli.main`` with the environment a user would set;
+Commands run in-process through ``cli.main.main`` with the environment a user would set;
 ``--help`` and one real command also run as the installed ``podium`` console script.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from daemon import cli
+from cli import main as cli
 from machines import orchestration
 from tests.integration.conftest import (
     REPO,
@@ -79,7 +79,7 @@ def json_out(capsys: Any, *argv: str) -> tuple[int, Any]:
 
 def podium_script() -> list[str]:
     script = REPO / ".venv" / "bin" / "podium"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "daemon.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
 
 
 # ---- help ----------------------------------------------------------------------------------

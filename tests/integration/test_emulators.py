@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from google.cloud import firestore, pubsub_v1
 
-from daemon.emulators import Emulators, start_emulators
+from devtools.emulators import Emulators, start_emulators
 
 pytestmark = pytest.mark.emulators
 
@@ -166,7 +166,7 @@ def test_run_cli_passes_env_and_exit_code() -> None:
         "sys.exit(7)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "daemon.emulators", "run", "--", sys.executable, "-c", script],
+        [sys.executable, "-m", "devtools.emulators", "run", "--", sys.executable, "-c", script],
         env=env,
         capture_output=True,
         text=True,

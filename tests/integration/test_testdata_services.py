@@ -27,7 +27,7 @@ import yaml
 from google.api_core import exceptions
 from google.cloud import pubsub_v1
 
-from daemon.emulators import Emulators, free_port
+from devtools.emulators import Emulators, free_port
 from handlers.preflight import run_preflight
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata"

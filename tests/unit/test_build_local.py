@@ -1,4 +1,4 @@
-"""handlers.build.local: a deterministic, content-addressed artifact per service (real files in tmp)."""
+"""handlers.image_builds.local: a deterministic, content-addressed artifact per service (real files in tmp)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from daemon.config import Settings
 from handlers.base import EffectContext
-from handlers.build.local import build_artifact, build_local, check_requirements
+from handlers.image_builds.local import build_artifact, build_local, check_requirements
 from machines.architecture import load_architecture
 from machines.errors import HandlerError
 from machines.hydration import hydrate

@@ -38,7 +38,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 SETUP = DEPLOY / "setup.sh"
 INDEXES = DEPLOY / "firestore.indexes.json"
 SPECS = {"pull": DEPLOY / "service.yaml", "push": DEPLOY / "service-push.yaml"}
-SOURCE_DIRS = ("daemon", "machines", "handlers")
+SOURCE_DIRS = ("daemon", "cli", "devtools", "machines", "handlers")
 
 DEFAULTS = Settings(project="podium-local")
 GCP = DEFAULTS.model_copy(update={"backend": "gcp"})  # what the image runs (PODIUM_BACKEND=gcp)
@@ -147,7 +147,7 @@ def test_dockerfile_builder_installs_the_gcp_extra_into_a_venv(dockerfile: list[
 
 def test_dockerfile_copies_only_what_runs(dockerfile: list[Instruction]) -> None:
     assert not [i for i in dockerfile if i.name == "ADD"], "COPY, never ADD"
-    allowed = {"pyproject.toml", "README.md", "README.md*", "daemon/", "machines/", "handlers/"}
+    allowed = {"pyproject.toml", "README.md", "README.md*", "daemon/", "cli/", "devtools/", "machines/", "handlers/"}
     copied: set[str] = set()
     for i in dockerfile:
         if i.name != "COPY":
@@ -157,7 +157,7 @@ def test_dockerfile_copies_only_what_runs(dockerfile: list[Instruction]) -> None
             continue
         copied.update(words[:-1])
     assert copied <= allowed, f"copied beyond what runs: {sorted(copied - allowed)}"
-    assert {"pyproject.toml", "daemon/", "machines/", "handlers/"} <= copied
+    assert {"pyproject.toml", "daemon/", "cli/", "devtools/", "machines/", "handlers/"} <= copied
     forbidden = ("tests", "testdata", "bench", ".venv", ".podium", ".git")
     assert not [c for c in copied if c.strip("./").split("/")[0] in forbidden]
 
@@ -210,7 +210,7 @@ def test_dockerfile_entrypoint_is_podium_serve(dockerfile: list[Instruction]) ->
     import tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
-    assert scripts["podium"] == "daemon.cli:main"
+    assert scripts["podium"] == "cli.main:main"
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
@@ -221,7 +221,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     for needed in (".venv", ".git", "tests", "bench", ".podium", "testdata", "**/__pycache__",
                    ".pytest_cache", ".mypy_cache", ".ruff_cache"):
         assert needed in patterns, needed
-    for kept in ("daemon", "machines", "handlers", "pyproject.toml", "README.md"):
+    for kept in ("daemon", "cli", "devtools", "machines", "handlers", "pyproject.toml", "README.md"):
         assert kept not in patterns
 
 
@@ -609,7 +609,7 @@ def test_setup_builds_a_context_of_what_runs(pull_run: SetupRun) -> None:
     assert len(builds) == 1
     assert flags(builds[0])["--tag"] == "europe-west1-docker.pkg.dev/demo-proj/podium/podium:test"
     context = (pull_run.dir / "context").read_text(encoding="utf-8").split()
-    expected = {"./Dockerfile", "./daemon", "./machines", "./handlers", "./pyproject.toml"}
+    expected = {"./Dockerfile", *(f"./{d}" for d in SOURCE_DIRS), "./pyproject.toml"}
     assert expected <= set(context) <= expected | {"./README.md"}
     assert (pull_run.dir / "pycache").read_text(encoding="utf-8") == ""
 
@@ -683,7 +683,7 @@ EQUALITY = {"==", "in"}
 RANGE = {"<", "<=", ">", ">=", "!=", "not-in", "not_in"}
 ARRAY = {"array_contains", "array-contains", "array_contains_any", "array-contains-any"}
 # Collections reached through a constructor parameter: (file, parameter) -> collection.
-# RunStore(client, settings.collection, ...) in daemon/server.py and daemon/status.py.
+# RunStore(client, settings.collection, ...) in daemon/server.py and cli/status.py.
 PARAMETER_COLLECTIONS = {("daemon/store.py", "collection"): RUNS_COLLECTION}
 
 

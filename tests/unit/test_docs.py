@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from cli.graph import render
 from daemon.config import Settings
-from daemon.graph import render
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

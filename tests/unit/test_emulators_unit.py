@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import emulators as emu
-from daemon.emulators import (
+from devtools import emulators as emu
+from devtools.emulators import (
     DEFAULT_SDK_ROOT,
     FIRESTORE_JAR,
     SDK_ROOT_ENV,
@@ -258,7 +258,7 @@ def test_run_cli_exits_2_with_one_line(
 def test_run_cli_process_exit_code(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", SDK_ROOT_ENV: str(tmp_path / "none")}
     proc = subprocess.run(
-        [sys.executable, "-m", "daemon.emulators", "run", "--", "true"],
+        [sys.executable, "-m", "devtools.emulators", "run", "--", "true"],
         env=env,
         capture_output=True,
         text=True,

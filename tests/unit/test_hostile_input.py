@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from daemon.config import Settings
 from daemon.engine import Inbound, Verdict, prepare_architecture
 from daemon.http import DaemonHTTP
 from handlers.base import EffectContext
-from handlers.build.local import build_local
 from handlers.configgen import generate_configs
+from handlers.image_builds.local import build_local
 from handlers.preflight import preflight_effect
 from handlers.secrets import child_env, known_secret_values, redact
 from machines.architecture import (
@@ -45,6 +46,7 @@ ARCHITECTURE_YAML = (TESTDATA / "architecture.yaml").read_text()
 class FakeEngine:
     def __init__(self) -> None:
         self.calls: list[Inbound] = []
+        self.settings: Settings | None = None
 
     def on_command(self, msg: Inbound) -> Verdict:
         self.calls.append(msg)
@@ -52,9 +54,13 @@ class FakeEngine:
 
     on_event = on_dead_letter = on_cloud_build = on_command
 
+    def routes(self) -> dict[str, tuple[str, Callable[[Inbound], Verdict]]]:
+        return {self.settings.commands_subscription: ("commands", self.on_command)}
+
 
 def serve(settings: Settings) -> tuple[DaemonHTTP, FakeEngine]:
     engine = FakeEngine()
+    engine.settings = settings
     http = DaemonHTTP(settings, engine, lambda: True, port=0)  # type: ignore[arg-type]
     http.start()
     return http, engine

@@ -7,7 +7,7 @@
    that is PENDING/QUEUED/WORKING means there is nothing to do (its completion arrives on
    ``cloud-builds``); one that SUCCEEDED is reported at once as ``build.succeeded``; failed or
    cancelled ones are ignored and a new build is started;
-2. streams the deterministic tarball of the service folder (``handlers.build.local``; entries
+2. streams the deterministic tarball of the service folder (``handlers.image_builds.sources``; entries
    under ``buildable_module_path``) through a temporary file to
    ``gs://<project>_cloudbuild/source/<service>-<sha256>.tar.gz`` (``if_generation_match=0``: an
    object of that name already holds those bytes; the bucket is created if it is missing, as the
@@ -36,7 +36,8 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 
 from handlers.base import EffectContext, Outcome
-from handlers.build.cloud_builds import (
+from handlers.google_errors import api_error
+from handlers.image_builds.cloud_builds import (
     IN_FLIGHT_STATUSES,
     SUB_EFFECT_ID,
     SUB_RUN_ID,
@@ -46,8 +47,7 @@ from handlers.build.cloud_builds import (
     event_from_cloud_build,
     status_name,
 )
-from handlers.build.local import resolve_service, source_entries, write_source_tarball
-from handlers.google_errors import api_error
+from handlers.image_builds.sources import resolve_service, source_entries, write_source_tarball
 from machines.errors import HandlerError, PodiumError
 from machines.hydration import image_base
 

@@ -15,9 +15,9 @@ installed jar has that class without that method, a small replacement class is c
 once with ``javac`` into ``$XDG_CACHE_HOME/podium/pubsub-shim/<jar>/`` and put on the
 classpath before the jar.
 
-Command line: ``python -m daemon.emulators run -- CMD ARGS...`` starts both, exports the
+Command line: ``python -m devtools.emulators run -- CMD ARGS...`` starts both, exports the
 two variables, runs CMD, stops the emulators whatever happens, and exits with CMD's
-exit code (2 when the emulators could not be started). ``python -m daemon.emulators
+exit code (2 when the emulators could not be started). ``python -m devtools.emulators
 check`` tells what was found.
 """
 
@@ -674,7 +674,7 @@ def _run_child(cmd: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m daemon.emulators",
+        prog="python -m devtools.emulators",
         description="Start Google's Pub/Sub and Firestore emulators on loopback.",
     )
     sub = parser.add_subparsers(dest="action", required=True)

@@ -64,14 +64,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"start published: run {run_id} (message {message_id})")
         print(f"follow it with: podium watch {run_id}")
     if args.wait:
-        from daemon.watch import wait_for_end
+        from cli.watch import wait_for_end
 
         return wait_for_end(settings, run_id, timeout=args.timeout, quiet=args.json)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from daemon.status import show_run, show_runs
+    from cli.status import show_run, show_runs
 
     settings = _settings()
     if args.run_id:
@@ -86,8 +86,8 @@ def _send(args: argparse.Namespace, command: str) -> int:
     the run is now cancelled/running again, else 1) or ``ignored`` (e.g. a retry of a run that
     has not failed: exit 1 at once, with the machine's reason). No record in time: exit 3.
     """
+    from cli.status import store_for
     from daemon.pubsub import publish_command
-    from daemon.status import store_for
 
     settings = _settings()
     store = store_for(settings)
@@ -160,17 +160,17 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from daemon.watch import watch_run
+    from cli.watch import watch_run
 
     return watch_run(_settings(), args.run_id, timeout=args.timeout, as_json=args.json)
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from daemon.graph import render
+    from cli.graph import render
 
     current = None
     if args.run_id:
-        from daemon.status import store_for
+        from cli.status import store_for
 
         doc = store_for(_settings()).get(args.run_id)
         if doc is None:
@@ -191,15 +191,15 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from daemon.plan import cmd_plan as plan
+    from cli.plan import cmd_plan as plan
 
     return plan(_settings(), args.file, as_json=args.json)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from daemon.up import REPO_TESTDATA, up
+    from cli.up import up
 
-    return up(Path(args.file) if args.file else REPO_TESTDATA, run_id=args.run_id, timeout=args.timeout, keep=args.keep)
+    return up(Path(args.file) if args.file else None, run_id=args.run_id, timeout=args.timeout, keep=args.keep)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("up", help="emulators + daemon + deploy the architecture locally, with live progress")
-    p.add_argument("file", nargs="?", help="architecture YAML (default: testdata/architecture.yaml)")
+    p.add_argument("file", nargs="?", help="architecture YAML (default: the embedded example, testdata/architecture.yaml in the repository)")
     p.add_argument("--run-id")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")

@@ -10,7 +10,7 @@ field list of google-cloudevents' ``BuildEventData``): ``id``, ``status`` (enum 
 form), ``tags``, ``substitutions``, ``results.images[].name`` / ``.digest``, ``logUrl``,
 ``statusDetail``, ``failureInfo.type`` / ``.detail``.
 
-The build handler (``handlers.build.gcp``) tags its builds ``podium``, ``run-<run id>``,
+The build handler (``handlers.image_builds.gcp``) tags its builds ``podium``, ``run-<run id>``,
 ``svc-<service>`` and ``effect-<sha1(run id, effect id)[:12]>``, sanitised to Cloud Build's tag pattern
 ``^[\\w][\\w.-]{0,127}$``; as sanitising may lose characters, the exact run id, effect id and
 service also travel as the substitutions ``_PODIUM_RUN_ID``, ``_PODIUM_EFFECT_ID`` and

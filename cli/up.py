@@ -20,7 +20,9 @@ from rich.console import Console
 from daemon import logs
 from daemon.config import Settings
 
-REPO_TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "architecture.yaml"
+# The embedded default (package data, so an installed `podium` has it too; testdata/ links here).
+EXAMPLE = Path(__file__).resolve().parent / "example"
+EXAMPLE_ARCHITECTURE = EXAMPLE / "architecture.yaml"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 
 
@@ -47,26 +49,37 @@ def verify_dataflow(doc: dict[str, Any], timeout: float = 20.0) -> tuple[bool, s
     return False, f"the subscriber at {url} received no message within {timeout:.0f} s"
 
 
+def working_copy_of_the_example(state_dir: Path) -> Path:
+    """The embedded example copied under ``state_dir``: Podium writes ``resources.yaml`` into the
+    services' folders, and an installed package's own files are not ours to change."""
+    import shutil
+
+    target = state_dir / "example"
+    shutil.copytree(EXAMPLE, target, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".venv"))
+    return target / EXAMPLE_ARCHITECTURE.name
+
+
 def up(
-    architecture: Path = REPO_TESTDATA,
+    architecture: Path | None = None,
     *,
     run_id: str | None = None,
     timeout: float = 600.0,
     keep: bool = False,
     console: Console | None = None,
 ) -> int:
-    from daemon.emulators import attach_from_env, start_emulators
+    from cli.watch import render_run
     from daemon.pubsub import ensure_daemon_plumbing, publish_command
     from daemon.server import Daemon
-    from daemon.watch import render_run
+    from devtools.emulators import attach_from_env, start_emulators
 
     console = console or Console()
-    architecture = architecture.resolve()
+    state_dir = Path.cwd() / ".podium"
+    state_dir.mkdir(exist_ok=True)
+    architecture = (architecture or working_copy_of_the_example(state_dir)).resolve()
     if not architecture.is_file():
         console.print(f"[red]podium up: no architecture file at {architecture}[/]")
         return EXIT_USAGE
-    state_dir = Path.cwd() / ".podium"
-    state_dir.mkdir(exist_ok=True)
     logs.configure("json", level=30)  # the live view owns the terminal; warnings and errors still show
     with ExitStack() as stack:
         emulators = attach_from_env()

@@ -1,0 +1,149 @@
+"""Leasing of effects: the heartbeat that keeps leases alive, and the sweep that takes them over.
+
+The :class:`Leaser` works on the table of held effects the
+:class:`daemon.effect_dispatch.Dispatcher` keeps (like google-cloud-pubsub's Leaser beside its
+Dispatcher). Every tick its heartbeat gives up effects past their start-to-close deadline;
+every third of a lease it renews the leases this replica holds and drops those it lost. The
+sweep claims effects whose lease expired anywhere (a dead replica's, a retry's backoff) and
+hands them to the dispatcher. Every lease write is conditional on the claim (the store).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import structlog
+
+from daemon.config import Settings
+from daemon.effect_dispatch import Dispatcher, Job, Key, deadline_for
+from daemon.store import RunStore
+from devtools.faults import crash_point
+
+log = structlog.get_logger("podium.effects")  # one logger for the whole runner, as before the split
+
+
+class Leaser:
+    """Keeps the dispatcher's leases alive, abandons overdue effects, claims expired ones."""
+
+    def __init__(self, settings: Settings, store: RunStore, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.store = store
+        self.dispatcher = dispatcher
+        # How often the heartbeat looks for overdue effects: a few times per lease, at most 1 s.
+        self.tick = min(max(settings.effect_lease_seconds / 3, 0.2), 1.0)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for name, target in (("effect-heartbeat", self._heartbeat), ("effect-sweep", self._sweep_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def health(self) -> str | None:
+        """Why leasing is broken (a background thread died), or None."""
+        if self._threads and not all(t.is_alive() for t in self._threads):
+            return "the effect heartbeat or sweep thread died"
+        return None
+
+    def release(self, queued: Mapping[Key, str]) -> None:
+        """On shutdown: hand back effects that never started, so another replica takes them at once."""
+        try:
+            self.store.release_leases(queued)
+        except Exception as exc:  # noqa: BLE001 - their leases will simply expire
+            log.warning("could not release leases", error=repr(exc))
+
+    # ---- deadlines -------------------------------------------------------------------
+    def _expire_overdue(self) -> None:
+        """Abandon running effects past their deadline: the attempt fails as retryable."""
+        for job in self.dispatcher.abandon_overdue():
+            self._abandon(job)
+
+    def _abandon(self, job: Job) -> None:
+        dispatcher = self.dispatcher
+        budget = deadline_for(self.settings, job.kind)
+        error = f"{job.kind} exceeded its deadline of {budget:g} s (attempt {job.attempts}); abandoned"
+        with structlog.contextvars.bound_contextvars(run_id=job.key[0], effect_id=job.key[1]):
+            try:
+                if job.attempts < dispatcher.max_attempts:
+                    dispatcher.schedule_retry(job, error)
+                else:
+                    ctx = dispatcher.context(job)
+                    dispatcher.report(job, ctx, [dispatcher.failure(ctx, f"{error}; gave up after {job.attempts} attempts")])
+            except Exception as exc:  # noqa: BLE001 - the lease is no longer renewed: it expires
+                log.warning("could not hand back an overdue effect", error=repr(exc))
+            finally:
+                dispatcher.forget(job)
+
+    # ---- heartbeat -------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        period = max(self.settings.effect_lease_seconds / 3, 0.2)
+        next_renewal = time.monotonic() + period
+        while not self.dispatcher.stop.wait(self.tick):
+            self._expire_overdue()
+            if time.monotonic() >= next_renewal:
+                next_renewal = time.monotonic() + period
+                self.renew()
+
+    def renew(self) -> None:
+        """Extend the leases this replica holds; drop those it lost."""
+        dispatcher = self.dispatcher
+        with dispatcher.lock:
+            # An outcome not applied within a few leases is given up: the sweep re-drives it.
+            cutoff = time.monotonic() - 5 * self.settings.effect_lease_seconds
+            for key in [k for k, j in dispatcher.held.items() if j.state == "reported" and j.since < cutoff]:
+                del dispatcher.held[key]
+            held = {k: j.claim for k, j in dispatcher.held.items()}
+        try:
+            lost = self.store.extend_leases(held)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("lease heartbeat failed", error=repr(exc))
+            return
+        crash_point("during_heartbeat", "")
+        if lost:
+            self._drop_lost({k: held[k] for k in lost})
+
+    def _drop_lost(self, lost: Mapping[Key, str]) -> None:
+        for job in self.dispatcher.drop(lost):  # a running one keeps running; its result is dropped
+            log.warning("effect lease lost: dropped", run_id=job.key[0], effect_id=job.key[1], state=job.state)
+
+    # ---- sweep -----------------------------------------------------------------------
+    def _sweep_loop(self) -> None:
+        self.sweep()  # on start-up: adopt whatever a dead replica left behind
+        while not self.dispatcher.stop.wait(self.settings.sweep_interval_seconds):
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Re-drive pending effects whose lease expired. Returns how many this replica took."""
+        dispatcher = self.dispatcher
+        taken = 0
+        try:
+            expired = self.store.expired_effects(datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("effect sweep failed", error=repr(exc))
+            return 0
+        for effect in expired:
+            key = (str(effect["run_id"]), str(effect["effect_id"]))
+            with dispatcher.lock:
+                if key in dispatcher.held:
+                    continue
+                if len(dispatcher.held) >= self.settings.effect_queue_limit:
+                    break  # no room: another replica (or a later sweep) takes the rest
+            try:
+                claimed = self.store.claim_effect(*key)
+            except Exception as exc:  # noqa: BLE001 - contention with another replica: it won
+                log.info("effect claim lost", effect_id=key[1], error=repr(exc))
+                continue
+            if claimed is None:
+                continue
+            data, run_doc = claimed
+            crash_point("during_claim", str(data.get("kind", "")))
+            if run_doc.get("status") != "running":
+                self.store.effect_done(*key, str(data["claim"]))  # the run ended meanwhile: nothing to do
+                continue
+            log.info("re-driving effect", run_id=key[0], effect_id=key[1], attempts=data.get("attempts"))
+            if dispatcher.submit(run_doc, data, attempts=int(data["attempts"]), claim=str(data["claim"])):
+                taken += 1
+        return taken
