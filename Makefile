@@ -23,6 +23,7 @@ test: venv lint
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict machines  # the pure core: fully typed
 
 run: venv
 	$(VENV)/bin/podium up

@@ -4,7 +4,8 @@
 ``Decision`` (the new snapshot, the effects to schedule, the outcome for the audit log)
 comes out. It never raises for a bad or late event: those come back as ``ignored``.
 
-One ``transitions.Machine`` is shared by every run. A lightweight ``_RunModel`` is attached
+One ``transitions.Machine`` (``machines/machine.py``, built from ``machines/pipeline.py``) is
+shared by every run. A lightweight ``_RunModel`` is attached
 for one decision and detached right after, under a lock, so the callback threads of the
 Pub/Sub client can call ``decide`` concurrently.
 
@@ -16,31 +17,48 @@ stays one string: builds are scheduled together with IAM, their items live in
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from transitions import Machine, MachineError
+from transitions import MachineError
 
 from machines.errors import clip
+from machines.machine import (
+    ACTIVE_STATES,
+    MACHINE,
+    STATES,
+    STATUS_OF_TERMINAL,
+    TERMINAL_STATES,
+    admits,
+    transition_table,
+    trigger_name,
+)
 from machines.messages import EffectSpec, Event, RunError, RunState, Timer
+from machines.outcomes import record_item_failure, record_outputs, stale_reason
 from machines.pipeline import (
-    FAILURE_SOURCES,
     FAN_IN,
     ITEM_PROGRESS,
-    PHASES,
-    PIPELINE_STATES,
     STATE_TIMEOUTS,
 )
 
-# The phases, their edges, items, joins, failures and timeouts come from machines/pipeline.py.
-ACTIVE_STATES: tuple[str, ...] = ("pending", *PIPELINE_STATES)
-TERMINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
-STATES: tuple[str, ...] = ACTIVE_STATES + TERMINAL_STATES
-STATUS_OF_TERMINAL = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
+__all__ = [  # the machine's names too: callers see one module
+    "ACTIVE_STATES",
+    "DEFAULT_LIMITS",
+    "MACHINE",
+    "STATES",
+    "STATUS_OF_TERMINAL",
+    "TERMINAL_STATES",
+    "Decision",
+    "admits",
+    "decide",
+    "failed_run",
+    "start_run",
+    "transition_table",
+    "trigger_name",
+]
 
 DEFAULT_LIMITS: dict[str, float] = {
     "state_timeout": 1800.0,  # any state without a more specific budget
@@ -51,10 +69,6 @@ DEFAULT_LIMITS: dict[str, float] = {
     "director_budget": 60.0,
     "director_ping_interval": 2.0,
 }
-
-
-def trigger_name(event_type: str) -> str:
-    return event_type.replace(".", "_")
 
 
 @dataclass
@@ -304,79 +318,7 @@ class _RunModel:
         return f"{event.type}{who}: {what}"
 
 
-# Edges that run an action of their own besides entering a state.
-_AFTER: dict[tuple[str, str], str] = {("verifying_dataflow_iam", "iam.bindings_applied"): "on_bindings_applied"}
-
-
-def transition_table() -> list[dict[str, Any]]:
-    """The machine's edges, derived from ``machines.pipeline.PHASES``; shared by ``MACHINE``
-    and ``podium graph``."""
-    active = list(ACTIVE_STATES)
-    t: list[dict[str, Any]] = [{"trigger": "command_start", "source": "pending", "dest": PIPELINE_STATES[0]}]
-    # Each phase's own edges; one edge (several sources) per (event, destination, action).
-    grouped: dict[tuple[str, str | None, str | None], list[str]] = {}
-    for phase in PHASES:
-        for event, dest in phase.moves:
-            grouped.setdefault((event, dest, _AFTER.get((phase.state, event))), []).append(phase.state)
-    for (event, dest, after), sources in grouped.items():
-        edge: dict[str, Any] = {"trigger": trigger_name(event),
-                                "source": sources[0] if len(sources) == 1 else sources, "dest": dest}
-        if after:
-            edge["after"] = after
-        t.append(edge)
-    # Fan-in joins: tried after every applied event; pass when the phase's last item reported.
-    t += [{"trigger": "advance", "source": p.state, "dest": p.then, "conditions": "phase_complete"}
-          for p in PHASES if p.fan_in]
-    t += [
-        # Deadlines: a poll budget or a state timeout that ran out fails the run; else poll again.
-        {"trigger": "timer_fired", "source": active, "dest": "failed", "conditions": "timer_exhausted"},
-        {"trigger": "timer_fired", "source": active, "dest": None, "after": "on_timer"},
-        {"trigger": "command_cancel", "source": active, "dest": "cancelled", "before": "on_cancel"},
-    ]
-    t += [{"trigger": trigger_name(f), "source": list(sources), "dest": "failed"}
-          for f, sources in FAILURE_SOURCES.items()]
-    # Redrive: back to the state that failed (one edge per state keeps the graph honest).
-    t += [
-        {
-            "trigger": "command_retry",
-            "source": "failed",
-            "dest": state,
-            "conditions": f"failed_in_{state}",
-            "before": "on_retry",
-        }
-        for state in PIPELINE_STATES
-    ]
-    return t
-
-
-_LOCK = threading.Lock()
-
-
-def _build_machine() -> Machine:
-    machine = Machine(
-        model=[],
-        states=[{"name": s, "on_enter": "on_enter_state"} for s in STATES],
-        transitions=transition_table(),
-        initial="pending",
-        auto_transitions=False,
-        ignore_invalid_triggers=False,
-        send_event=True,
-    )
-    # Failure edges record the error before the state changes.
-    for trig in (*(trigger_name(f) for f in FAILURE_SOURCES), "timer_fired"):
-        for transition_list in machine.events[trig].transitions.values():
-            for tr in transition_list:
-                if tr.dest == "failed":
-                    tr.before.append("on_fail")
-    return machine
-
-
-MACHINE: Machine = _build_machine()
-
-
-def admits(state: str, event_type: str) -> bool:
-    event = MACHINE.events.get(trigger_name(event_type))
-    return event is not None and state in event.transitions
+_LOCK = threading.Lock()  # one model attached to the shared MACHINE at a time
 
 
 def _ignored(run: RunState, event: Event, why: str) -> Decision:
@@ -394,7 +336,7 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     if event.type == "timer.fired" and (run.timer is None or event.data.get("seq") != run.timer.seq):
         return _ignored(run, event, "stale timer")
 
-    stale = _stale(run, event)
+    stale = stale_reason(run, event)
     if stale:
         return _ignored(run, event, stale)
 
@@ -411,25 +353,25 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
         if items[key] == "succeeded":
             return _ignored(run, event, f"{event.item!r} already succeeded in phase '{phase}'")
         items[key] = "succeeded"
-        _record_outputs(run, event)
+        record_outputs(run, event)
     elif event.type.endswith(".failed"):
-        _record_item_failure(run, event)
+        record_item_failure(run, event)
     elif event.type == "iam.accounts_created":
         if not isinstance(event.data.get("service_accounts", {}), Mapping):  # dict() below would raise
             return _ignored(run, event, "iam.accounts_created whose service_accounts is not a map")
-        _record_outputs(run, event)
+        record_outputs(run, event)
 
     model = _RunModel(run, event, now)
     model._source_state = state
     with _LOCK:
         MACHINE.add_model(model, initial=state)
         try:
-            fired = model.trigger(trig)  # type: ignore[attr-defined]
+            fired = model.trigger(trig)
             while fired and model.state in FAN_IN:
                 model._source_state = model.state
-                if not model.may_advance():  # type: ignore[attr-defined]
+                if not model.may_advance():
                     break
-                model.advance()  # type: ignore[attr-defined]
+                model.advance()
         except MachineError as exc:  # a guard refused every edge: nothing changes
             return _ignored(run, event, str(exc.value))
         finally:
@@ -439,73 +381,6 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     model.run.state = model.state
     detail = f"{state} -> {model.state}" if model.state != state else f"recorded in '{state}'"
     return Decision("applied", state, model.state, model.run, model.effects, detail)
-
-
-_IAM_ITEM = {"verifying_iam": "accounts", "verifying_dataflow_iam": "resources"}
-
-
-def _stale(run: RunState, event: Event) -> str | None:
-    """Why an event that the state admits must still be ignored (None if it may apply)."""
-    if event.type == "iam.verified":
-        wanted = _IAM_ITEM.get(run.state)
-        if event.item != wanted:
-            return f"iam.verified for {event.item!r}, but '{run.state}' waits for {wanted!r}"
-        if wanted == "resources" and run.progress.get("iam", {}).get("bindings") != "succeeded":
-            return "iam.verified before the resource bindings were applied"
-    earlier = _attempt_of(event)
-    if earlier is not None and earlier != run.attempt:
-        return f"outcome of attempt {earlier} arrived during attempt {run.attempt}"
-    if event.type.endswith(".failed"):
-        phase = _FAILURE_PHASE.get(event.type)
-        if phase and run.progress.get(phase, {}).get(event.item or "") == "succeeded":
-            return f"{event.item!r} already succeeded in phase '{phase}'"
-    return None
-
-
-# ``:a<N>`` closes the attempt segment of effect ids (``kind:item:aN[:suffix]``) and command ids
-# (``run:instruction:target:aN[:suffix]``); item names come before it, so the last match counts.
-_ATTEMPT = re.compile(r":a(\d+)(?=:|$)")
-
-
-def _attempt_of(event: Event) -> int | None:
-    """The run attempt an outcome belongs to, read from its ``effect_id``, its ``command_id`` or
-    the ids inside its ``event_id`` (``<effect_id>~type~item``, ``director~<command_id>~type``);
-    None for commands, timers and outcomes that carry no attempt. The first id that names one wins."""
-    if event.type.startswith(("command.", "timer.")):
-        return None
-    ids = [event.data.get("effect_id"), event.data.get("command_id"), *event.event_id.split("~")]
-    for value in ids:
-        found = _ATTEMPT.findall(value) if isinstance(value, str) else []
-        if found:
-            return int(found[-1])
-    return None
-
-
-def _record_outputs(run: RunState, event: Event) -> None:
-    data: Mapping[str, Any] = event.data
-    if event.type == "build.succeeded" and "image" in data:
-        run.outputs.setdefault("images", {})[event.item or ""] = data["image"]
-    elif event.type == "deploy.succeeded" and "url" in data:
-        if event.item == run.plan.get("director"):
-            run.outputs.setdefault("director", {})["url"] = data["url"]
-        run.outputs.setdefault("urls", {})[event.item or ""] = data["url"]
-    elif event.type == "iam.accounts_created":
-        run.outputs["service_accounts"] = dict(data.get("service_accounts", {}))
-
-
-_FAILURE_PHASE = {
-    "preflight.failed": "preflight",
-    "build.failed": "build",
-    "deploy.failed": "deploy",
-}
-
-
-def _record_item_failure(run: RunState, event: Event) -> None:
-    phase = _FAILURE_PHASE.get(event.type)
-    if event.type == "deploy.failed" and event.item == run.plan.get("director"):
-        run.progress.setdefault("director", {})["deploy"] = "failed"
-    elif phase and event.item in run.progress.get(phase, {}):
-        run.progress[phase][event.item] = "failed"
 
 
 def start_run(run_id: str, plan: Mapping[str, Any], limits: Mapping[str, float], now: datetime) -> Decision:

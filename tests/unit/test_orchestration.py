@@ -33,6 +33,7 @@ from machines.orchestration import (
     failed_run,
     start_run,
 )
+from machines.outcomes import attempt_of
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -1413,4 +1414,4 @@ def test_an_effect_success_of_an_earlier_attempt_is_ignored() -> None:
     ],
 )
 def test_the_attempt_of_an_outcome_is_read_past_items_named_like_attempts(event: Event, attempt: int | None) -> None:
-    assert orchestration._attempt_of(event) == attempt
+    assert attempt_of(event) == attempt

@@ -1,0 +1,80 @@
+"""What an outcome event means for a run beyond its edge in the machine (pure): whether it is
+stale (an earlier attempt's, an IAM check for the other phase, a failure of an item that
+already succeeded), and what it records (outputs, failed items).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from machines.messages import Event, RunState
+
+__all__ = ["attempt_of", "record_item_failure", "record_outputs", "stale_reason"]
+
+_IAM_ITEM = {"verifying_iam": "accounts", "verifying_dataflow_iam": "resources"}
+
+
+def stale_reason(run: RunState, event: Event) -> str | None:
+    """Why an event that the state admits must still be ignored (None if it may apply)."""
+    if event.type == "iam.verified":
+        wanted = _IAM_ITEM.get(run.state)
+        if event.item != wanted:
+            return f"iam.verified for {event.item!r}, but '{run.state}' waits for {wanted!r}"
+        if wanted == "resources" and run.progress.get("iam", {}).get("bindings") != "succeeded":
+            return "iam.verified before the resource bindings were applied"
+    earlier = attempt_of(event)
+    if earlier is not None and earlier != run.attempt:
+        return f"outcome of attempt {earlier} arrived during attempt {run.attempt}"
+    if event.type.endswith(".failed"):
+        phase = _FAILURE_PHASE.get(event.type)
+        if phase and run.progress.get(phase, {}).get(event.item or "") == "succeeded":
+            return f"{event.item!r} already succeeded in phase '{phase}'"
+    return None
+
+
+# ``:a<N>`` closes the attempt segment of effect ids (``kind:item:aN[:suffix]``) and command ids
+# (``run:instruction:target:aN[:suffix]``); item names come before it, so the last match counts.
+_ATTEMPT = re.compile(r":a(\d+)(?=:|$)")
+
+
+def attempt_of(event: Event) -> int | None:
+    """The run attempt an outcome belongs to, read from its ``effect_id``, its ``command_id`` or
+    the ids inside its ``event_id`` (``<effect_id>~type~item``, ``director~<command_id>~type``);
+    None for commands, timers and outcomes that carry no attempt. The first id that names one wins."""
+    if event.type.startswith(("command.", "timer.")):
+        return None
+    ids = [event.data.get("effect_id"), event.data.get("command_id"), *event.event_id.split("~")]
+    for value in ids:
+        found = _ATTEMPT.findall(value) if isinstance(value, str) else []
+        if found:
+            return int(found[-1])
+    return None
+
+
+def record_outputs(run: RunState, event: Event) -> None:
+    data: Mapping[str, Any] = event.data
+    if event.type == "build.succeeded" and "image" in data:
+        run.outputs.setdefault("images", {})[event.item or ""] = data["image"]
+    elif event.type == "deploy.succeeded" and "url" in data:
+        if event.item == run.plan.get("director"):
+            run.outputs.setdefault("director", {})["url"] = data["url"]
+        run.outputs.setdefault("urls", {})[event.item or ""] = data["url"]
+    elif event.type == "iam.accounts_created":
+        run.outputs["service_accounts"] = dict(data.get("service_accounts", {}))
+
+
+_FAILURE_PHASE = {
+    "preflight.failed": "preflight",
+    "build.failed": "build",
+    "deploy.failed": "deploy",
+}
+
+
+def record_item_failure(run: RunState, event: Event) -> None:
+    phase = _FAILURE_PHASE.get(event.type)
+    if event.type == "deploy.failed" and event.item == run.plan.get("director"):
+        run.progress.setdefault("director", {})["deploy"] = "failed"
+    elif phase and event.item in run.progress.get(phase, {}):
+        run.progress[phase][event.item] = "failed"
