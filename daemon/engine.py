@@ -178,7 +178,7 @@ class Engine:
         return self.store.apply(event, msg.message_id)
 
     def _cloud_build(self, msg: Inbound) -> Applied:
-        from handlers.image_builds.cloud_builds import event_from_cloud_build
+        from machines.cloud_builds import event_from_cloud_build
 
         event = event_from_cloud_build(msg.data, msg.attributes)
         if event is None:  # not ours, or still running: nothing to record

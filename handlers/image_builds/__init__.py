@@ -15,7 +15,7 @@ service, spec and build folder of a ``build`` effect). The backends:
   ``gs://<project>_cloudbuild/source/`` and starts a Cloud Build (Dockerfile or buildpacks), tagged
   with the run, service and effect so that it is found again instead of started twice. It does not
   wait: completion arrives on Cloud Build's ``cloud-builds`` topic, which
-  ``handlers.image_builds.cloud_builds.event_from_cloud_build`` maps to ``build.succeeded|failed``.
+  ``machines.cloud_builds.event_from_cloud_build`` maps to ``build.succeeded|failed``.
 
 Nothing here is imported eagerly: ``sources`` needs only the standard library, ``local`` also
 ``packaging``; ``gcp`` needs the ``gcp`` extra.

@@ -37,7 +37,8 @@ import structlog
 
 from handlers.base import EffectContext, Outcome
 from handlers.google_errors import api_error
-from handlers.image_builds.cloud_builds import (
+from handlers.image_builds.sources import resolve_service, source_entries, write_source_tarball
+from machines.cloud_builds import (
     IN_FLIGHT_STATUSES,
     SUB_EFFECT_ID,
     SUB_RUN_ID,
@@ -47,7 +48,6 @@ from handlers.image_builds.cloud_builds import (
     event_from_cloud_build,
     status_name,
 )
-from handlers.image_builds.sources import resolve_service, source_entries, write_source_tarball
 from machines.errors import HandlerError, PodiumError
 from machines.hydration import image_base
 

@@ -7,7 +7,7 @@ import json
 import threading
 
 from daemon.engine import Inbound, Verdict
-from handlers.image_builds.cloud_builds import build_tags
+from machines.cloud_builds import build_tags
 from tests.integration.conftest import (
     assert_consistent,
     publish,

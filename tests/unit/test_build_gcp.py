@@ -1,4 +1,4 @@
-"""handlers.image_builds.gcp and handlers.image_builds.cloud_builds: the exact Cloud Build request, the
+"""handlers.image_builds.gcp and machines.cloud_builds: the exact Cloud Build request, the
 list-before-create idempotency, and the mapping of ``cloud-builds`` notifications to events.
 
 Cloud Build is an autospecced ``CloudBuildClient``; Cloud Storage is a small fake with the
@@ -27,15 +27,15 @@ from pytest_mock import MockerFixture
 from daemon.config import Settings
 from handlers.base import EffectContext
 from handlers.image_builds import gcp
-from handlers.image_builds.cloud_builds import (
+from handlers.image_builds.gcp import build_gcp
+from machines.architecture import load_architecture
+from machines.cloud_builds import (
     TAG_PATTERN,
     build_tags,
     effect_tag,
     event_from_cloud_build,
     sanitize_tag,
 )
-from handlers.image_builds.gcp import build_gcp
-from machines.architecture import load_architecture
 from machines.errors import HandlerError, InvalidMessage
 from machines.hydration import hydrate
 

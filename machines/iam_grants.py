@@ -1,0 +1,179 @@
+"""The IAM plan's building blocks (pure): the collector every binding goes through, an account's
+plan, an ``iam_access_policy`` entry's grant, the director's project roles, and the final merge.
+``machines.iam_plan`` composes them; import the plan from there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from machines.architecture import Architecture, IamAccess
+from machines.hydration import all_services, infra_dataflow_name, service_account_email
+from machines.iam_records import (
+    PHASE_RANK,
+    AccountKind,
+    IamBinding,
+    Phase,
+    ResourceType,
+    ServiceAccountPlan,
+)
+
+__all__ = ["Collector", "access_policy_grant", "account_plan", "director_roles", "merge_bindings"]
+
+
+class Collector:
+    """Accumulates bindings; a link to a service with no account is skipped (validation reports it)."""
+
+    def __init__(self, email_of: dict[str, str]):
+        self.email_of = email_of
+        self.bindings: list[IamBinding] = []
+
+    def bind(
+        self,
+        service: str,
+        resource_type: ResourceType,
+        resource_id: str,
+        roles: Iterable[str],
+        reason: str,
+        *,
+        phase: Phase = "resource",
+        location: str = "",
+        member: str | None = None,
+    ) -> None:
+        email = member or self.email_of.get(service)
+        if email is None:
+            return
+        for role in roles:
+            self.bindings.append(
+                IamBinding(
+                    member_sa=email,
+                    resource_type=resource_type,
+                    resource_id=resource_id,
+                    role=role,
+                    reason=reason,
+                    phase=phase,
+                    resource_location=location,
+                )
+            )
+
+
+def account_plan(service: str, kind: AccountKind, account: str, project: str) -> ServiceAccountPlan:
+    email = service_account_email(account, project)
+    return ServiceAccountPlan(
+        service=service,
+        kind=kind,
+        account=account,
+        account_id=email.split("@", 1)[0],
+        email=email,
+    )
+
+
+def access_policy_grant(
+    collector: Collector,
+    grant: IamAccess,
+    resource_type: ResourceType,
+    resource_id: str,
+    resource_name: str,
+    project: str,
+) -> None:
+    what = "Firestore database" if resource_type == "project" else resource_type.replace("_", " ")
+    reason = f"{what} {resource_name} grants {grant.role} to {grant.name} (iam_access_policy)"
+    phase: Phase = "project" if resource_type == "project" else "resource"
+    member = service_account_email(grant.name, project) if grant.type == "service-account" else None
+    collector.bind(
+        grant.name, resource_type, resource_id, (grant.role,), reason, phase=phase, member=member
+    )
+
+
+def director_roles(arch: Architecture) -> list[tuple[str, str]]:
+    dataflows = arch.dataflows.values()
+    infra = infra_dataflow_name(arch)
+
+    def any_of(attr: str) -> bool:
+        return any(getattr(df.resources, attr) for df in dataflows)
+
+    services = all_services(arch)
+    roles: list[tuple[str, str]] = []
+    if any_of("topics") or any_of("subscriptions"):
+        roles.append(
+            (
+                "roles/pubsub.admin",
+                "the director creates the dataflows' Pub/Sub topics and subscriptions",
+            )
+        )
+    if any_of("gcs_buckets"):
+        roles.append(("roles/storage.admin", "the director creates the dataflows' GCS buckets"))
+    if any_of("bigquery_datasets") or any_of("bigquery_tables"):
+        roles.append(
+            (
+                "roles/bigquery.admin",
+                "the director creates the dataflows' BigQuery datasets and tables",
+            )
+        )
+    if any_of("firestore_databases") or any_of("firestore_collections"):
+        roles.append(
+            ("roles/datastore.owner", "the director creates the dataflows' Firestore databases")
+        )
+    if any(df_name != infra for df_name, _ in services.values()):
+        roles.append(
+            (
+                "roles/iam.serviceAccountAdmin",
+                "the director ensures the dataflow services' accounts exist",
+            )
+        )
+    if any(
+        spec.deployment is not None and spec.deployment.secret_environment_vars
+        for _, spec in services.values()
+    ):
+        roles.append(
+            (
+                "roles/secretmanager.admin",
+                "the director manages access to the secrets services read",
+            )
+        )
+    if any(spec.dependencies for _, spec in services.values()):
+        roles.append(
+            (
+                "roles/run.admin",
+                "the director grants run.invoker on the Cloud Run services others depend on",
+            )
+        )
+    if any_of("cloud_scheduler_jobs"):
+        roles.append(
+            (
+                "roles/cloudscheduler.admin",
+                "the director creates the dataflows' Cloud Scheduler jobs",
+            )
+        )
+    return roles
+
+
+def merge_bindings(bindings: list[IamBinding]) -> tuple[IamBinding, ...]:
+    """One binding per (member, resource, role): reasons joined in order, the earliest phase kept;
+    sorted by phase, member, resource type, resource id, role."""
+    merged: dict[tuple[str, str, str, str, str], IamBinding] = {}
+    for b in bindings:
+        seen = merged.get(b.key)
+        if seen is None:
+            merged[b.key] = b
+            continue
+        reasons = seen.reason.split("; ")
+        update: dict[str, str] = {}
+        if b.reason not in reasons:
+            update["reason"] = f"{seen.reason}; {b.reason}"
+        if PHASE_RANK[b.phase] < PHASE_RANK[seen.phase]:
+            update["phase"] = b.phase
+        if update:
+            merged[b.key] = seen.model_copy(update=update)
+    return tuple(
+        sorted(
+            merged.values(),
+            key=lambda b: (
+                PHASE_RANK[b.phase],
+                b.member_sa,
+                b.resource_type,
+                b.resource_id,
+                b.role,
+                b.resource_location,
+            ),
+        )
+    )
