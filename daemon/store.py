@@ -27,7 +27,7 @@ from daemon.store_leases import EffectLeases, utcnow
 from handlers.base import outcome_mismatch
 from machines.errors import UnknownRun
 from machines.messages import EffectSpec, Event, RunState
-from machines.orchestration import Decision, decide, failed_run, start_run
+from machines.orchestration import Decision, decide, rejected_start, start_run
 
 EFFECTS = "effects"
 EVENTS = "events"
@@ -153,12 +153,10 @@ class RunStore(EffectLeases):
                 )
                 return Applied("duplicate", run_id, "run already exists")
             if invalid is not None:
-                run = failed_run(run_id, invalid[0], invalid[1], now)
-                decision = Decision("applied", "pending", "failed", run, [], f"rejected at start: {invalid[0]}")
+                decision = rejected_start(run_id, invalid[0], invalid[1], now)
             else:
                 assert plan is not None
                 decision = start_run(run_id, plan, limits, now)
-                decision.run.version = 1
             doc = {"run_id": run_id, "created_at": now, **run_fields(decision.run), "plan": decision.run.plan,
                    "limits": decision.run.limits, **extra}
             doc["updated_at"] = now
@@ -219,8 +217,6 @@ class RunStore(EffectLeases):
             run = RunState.model_validate(doc)
             decision = decide(run, event, now)
             if decision.applied:
-                decision.run.version = run.version + 1
-                decision.run.updated_at = now
                 fields = run_fields(decision.run)
                 # Only the fields this transition changed (always version and updated_at): the
                 # document ends the same, with less to encode and send than every machine field.

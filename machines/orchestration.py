@@ -1,8 +1,8 @@
 """The orchestration state machine (DESIGN.md §7). Pure: no I/O, the clock is passed in.
 
 ``decide(run, event, now)`` is the one seam: a run snapshot and an event go in, a
-``Decision`` (the new snapshot, the effects to schedule, the outcome for the audit log)
-comes out. It never raises for a bad or late event: those come back as ``ignored``.
+``Decision`` (the new snapshot with its version bumped, the effects to schedule, the outcome
+for the audit log) comes out; a run's first decision is ``start_run`` (or ``rejected_start``). It never raises for a bad or late event: those come back as ``ignored``.
 
 One ``transitions.Machine`` (``machines/machine.py``, built from ``machines/pipeline.py``) is
 shared by every run. A lightweight ``_RunModel`` is attached
@@ -55,6 +55,7 @@ __all__ = [  # the machine's names too: callers see one module
     "admits",
     "decide",
     "failed_run",
+    "rejected_start",
     "start_run",
     "transition_table",
     "trigger_name",
@@ -379,6 +380,8 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     if not fired:
         return _ignored(run, event, f"{event.type} changed nothing in state '{state}'")
     model.run.state = model.state
+    model.run.version += 1  # one applied transition, one version: the audit log's sequence
+    model.run.updated_at = now
     detail = f"{state} -> {model.state}" if model.state != state else f"recorded in '{state}'"
     return Decision("applied", state, model.state, model.run, model.effects, detail)
 
@@ -388,6 +391,12 @@ def start_run(run_id: str, plan: Mapping[str, Any], limits: Mapping[str, float],
     run = RunState(run_id=run_id, plan=dict(plan), limits=dict(limits), created_at=now, updated_at=now)
     event = Event(run_id=run_id, event_id="start", type="command.start")
     return decide(run, event, now)
+
+
+def rejected_start(run_id: str, reason: str, message: str, now: datetime) -> Decision:
+    """The first decision of a run that cannot start (e.g. an invalid architecture)."""
+    return Decision("applied", "pending", "failed", failed_run(run_id, reason, message, now), [],
+                    f"rejected at start: {reason}")
 
 
 def failed_run(run_id: str, reason: str, message: str, now: datetime) -> RunState:

@@ -31,6 +31,7 @@ from machines.orchestration import (
     admits,
     decide,
     failed_run,
+    rejected_start,
     start_run,
 )
 from machines.outcomes import attempt_of
@@ -1155,12 +1156,17 @@ def test_decide_copies_deeply() -> None:
     assert d.run.plan is not run.plan
 
 
-def test_decide_leaves_version_to_the_store() -> None:
+def test_decide_bumps_the_version_once_per_applied_transition() -> None:
     run = run_at("preflight").model_copy(update={"version": 7})
-    assert apply(run, ev("preflight.passed", "director")).run.version == 7
-    assert apply(run, ev("preflight.failed", "director")).run.version == 7
-    assert decide(run, ev("iam.verified"), NOW).run.version == 7
-    assert start_run("r9", PLAN, {}, NOW).run.version == 0
+    later = NOW + timedelta(seconds=5)
+    recorded = decide(run, ev("preflight.passed", "director"), later)
+    assert recorded.applied and recorded.run.version == 8 and recorded.run.updated_at == later
+    assert apply(run, ev("preflight.failed", "director")).run.version == 8
+    ignored = decide(run, ev("iam.verified"), later)
+    assert not ignored.applied and ignored.run.version == 7 and ignored.run.updated_at == run.updated_at
+    assert start_run("r9", PLAN, {}, NOW).run.version == 1
+    rejected = rejected_start("r9", "invalid_architecture", "bad", NOW)
+    assert (rejected.to_state, rejected.run.status, rejected.run.version) == ("failed", "failed", 1)
 
 
 # ---- zero-item phases ------------------------------------------------------------------
