@@ -10,6 +10,8 @@ else is retried with backoff and then fails the run.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -60,9 +62,9 @@ class EffectContext:
 
     @cached_property
     def architecture(self) -> Architecture:
-        from machines.architecture import Architecture
-
-        return Architecture.model_validate(self.run["architecture"])
+        """The run's hydrated architecture, validated once per run, not once per effect: it is
+        written at start and never changes, so (run id, created_at) names it."""
+        return _ARCHITECTURES.get(self.run_id, self.run.get("created_at"), self.run["architecture"])
 
     @property
     def source_root(self) -> Path:
@@ -90,6 +92,35 @@ class EffectContext:
 
 
 Handler = Callable[[EffectContext], Sequence[Outcome]]
+
+
+class _ParsedArchitectures:
+    """A small LRU of validated architectures (frozen models: safe to share across threads)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, str], Architecture] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str, created_at: Any, raw: Mapping[str, Any]) -> Architecture:
+        from machines.architecture import Architecture
+
+        if created_at is None:  # a document without its creation time: nothing names it safely
+            return Architecture.model_validate(raw)
+        key = (run_id, str(created_at))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        parsed = Architecture.model_validate(raw)
+        with self._lock:
+            self._items[key] = parsed
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return parsed
+
+
+_ARCHITECTURES = _ParsedArchitectures()
 
 # What each effect kind reports (machines/pipeline.py EFFECT_KINDS): the failure event when
 # its handler gives up, and the success events. These are the only events that may settle
