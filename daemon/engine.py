@@ -244,8 +244,6 @@ def trace_of(attributes: Mapping[str, str]) -> str | None:
 def _source_root_problem(root: str | None, settings: Settings) -> str | None:
     """Why a start command's ``source_root`` is refused (README "Commands"), or None: a local
     path must resolve to ``PODIUM_SOURCE_ROOT`` or a folder under it; ``gs://`` needs gcp."""
-    from pathlib import Path
-
     if not root:
         return None
     if root.startswith("gs://"):
