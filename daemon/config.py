@@ -9,8 +9,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from handlers.gcp_clients import parse_endpoints
 
 
 class Settings(BaseSettings):
@@ -53,6 +55,15 @@ class Settings(BaseSettings):
     local_iam_delay_seconds: float = 1.0
     iam_budget_seconds: float = 600.0
     director_ready_budget_seconds: float = 60.0
+
+    # gcp mode: point APIs at loopback fakes (handlers/gcp_clients.py), e.g. "run=127.0.0.1:7001".
+    gcp_endpoints: str = ""
+
+    @field_validator("gcp_endpoints")
+    @classmethod
+    def _loopback_fakes_only(cls, value: str) -> str:
+        parse_endpoints(value)  # raises ValueError: a bad value stops the daemon at start
+        return value
 
     # Push endpoint verification (gcp mode).
     push_audience: str | None = None

@@ -21,15 +21,15 @@ import structlog
 
 from daemon.config import Settings
 from daemon.store import RunStore
+from daemon.store_leases import Key, LeasedEffect
 from devtools.faults import crash_point
 from handlers.base import FAILURE_EVENT, EffectContext, Handler, Outcome, outcome_mismatch
 from machines.errors import NotReady, PodiumError
-from machines.messages import Event
+from machines.messages import Event, RunView
 
 log = structlog.get_logger("podium.effects")  # one logger for the whole runner, as before the split
 
 Publish = Callable[[Event, Mapping[str, str]], object]
-Key = tuple[str, str]  # (run_id, effect_id)
 JobState = Literal["waiting", "ready", "running", "reporting", "reported"]
 
 
@@ -54,17 +54,29 @@ def deadline_for(settings: Settings, kind: str) -> float:
 class Job:
     """One effect this replica leases, from intake to its outcome being applied."""
 
-    key: Key
-    kind: str
-    claim: str
-    run_doc: Mapping[str, Any]
-    effect: Mapping[str, Any]
-    attempts: int  # claims so far, this one included (1 = the first)
+    run: RunView
+    leased: LeasedEffect
     state: JobState = "waiting"
     since: float = field(default_factory=time.monotonic)  # when it entered its state
     deadline: float = math.inf
     slot: bool = False  # holds one of its kind's slots
     abandoned: bool = False  # past its deadline: its thread is left to finish alone
+
+    @property
+    def key(self) -> Key:
+        return self.leased.key
+
+    @property
+    def kind(self) -> str:
+        return self.leased.spec.kind
+
+    @property
+    def claim(self) -> str:
+        return self.leased.claim
+
+    @property
+    def attempts(self) -> int:
+        return self.leased.attempts
 
 
 class Dispatcher:
@@ -101,11 +113,11 @@ class Dispatcher:
         with self.lock:
             return sum(1 for j in self.held.values() if j.state != "reported")
 
-    def submit(self, run_doc: Mapping[str, Any], effect: Mapping[str, Any], attempts: int, claim: str) -> bool:
+    def submit(self, run: RunView, leased: LeasedEffect) -> bool:
         """Take an effect leased to this replica; False if it is held already or there is no room
         (its lease then expires and the sweep of some replica re-drives it)."""
-        key = (str(run_doc.get("run_id") or effect["run_id"]), str(effect["effect_id"]))
-        job = Job(key, str(effect["kind"]), claim, run_doc, effect, attempts)
+        job = Job(run, leased)
+        key = job.key
         with self._cv:
             if key in self.held or self.stop.is_set():
                 return False
@@ -267,7 +279,7 @@ class Dispatcher:
 
     def _run(self, job: Job) -> None:
         run_id, effect_id = job.key
-        with structlog.contextvars.bound_contextvars(run_id=run_id, effect_id=effect_id, trace_id=job.run_doc.get("trace_id")):
+        with structlog.contextvars.bound_contextvars(run_id=run_id, effect_id=effect_id, trace_id=job.run.trace_id):
             try:
                 self._execute(job)
             except Exception as exc:  # noqa: BLE001 - never lose the worker thread; the lease expires
@@ -278,14 +290,15 @@ class Dispatcher:
                         del self.held[job.key]
 
     def context(self, job: Job) -> EffectContext:
+        spec = job.leased.spec
         return EffectContext(
             run_id=job.key[0],
-            effect_id=job.key[1],
-            kind=job.kind,
-            item=job.effect.get("item"),
-            params=job.effect.get("params") or {},
+            effect_id=spec.effect_id,
+            kind=spec.kind,
+            item=spec.item,
+            params=spec.params,
             attempt=job.attempts - 1,
-            run=job.run_doc,
+            run=job.run,
             settings=self.settings,
         )
 
@@ -294,7 +307,7 @@ class Dispatcher:
         handler = self.handlers.get(ctx.kind)
         outcomes: Sequence[Outcome]
         if attempts > max_attempts:
-            last = job.effect.get("last_error")
+            last = job.leased.last_error
             outcomes = [self.failure(ctx, f"effect {ctx.effect_id} crashed or was abandoned {attempts - 1} times"
                                           + (f"; last error: {last}" if last else ""))]
         elif handler is None:

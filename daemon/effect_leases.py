@@ -138,12 +138,12 @@ class Leaser:
                 continue
             if claimed is None:
                 continue
-            data, run_doc = claimed
-            crash_point("during_claim", str(data.get("kind", "")))
-            if run_doc.get("status") != "running":
-                self.store.effect_done(*key, str(data["claim"]))  # the run ended meanwhile: nothing to do
+            leased, run = claimed
+            crash_point("during_claim", leased.spec.kind)
+            if run.status != "running":
+                self.store.effect_done(*key, leased.claim)  # the run ended meanwhile: nothing to do
                 continue
-            log.info("re-driving effect", run_id=key[0], effect_id=key[1], attempts=data.get("attempts"))
-            if dispatcher.submit(run_doc, data, attempts=int(data["attempts"]), claim=str(data["claim"])):
+            log.info("re-driving effect", run_id=key[0], effect_id=key[1], attempts=leased.attempts)
+            if dispatcher.submit(run, leased):
                 taken += 1
         return taken

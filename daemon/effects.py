@@ -28,12 +28,12 @@ retries) and :mod:`daemon.effect_leases` (heartbeat, lost leases, deadlines, the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from daemon.config import Settings
 from daemon.effect_dispatch import Dispatcher, Job, Key, Publish, deadline_for
 from daemon.effect_leases import Leaser
 from daemon.store import Applied, RunStore
+from daemon.store_leases import LeasedEffect
 from handlers.base import Handler
 
 __all__ = ["MAX_ATTEMPTS", "EffectRunner", "Publish", "deadline_for"]
@@ -104,12 +104,11 @@ class EffectRunner:
 
     # ---- intake of work ------------------------------------------------------------
     def on_applied(self, applied: Applied) -> None:
-        for effect in applied.effects:
-            self._submit(applied.run_doc, effect.model_dump(), attempts=1, claim=applied.claims.get(effect.effect_id, ""))
-
-    def _submit(self, run_doc: Mapping[str, Any], effect: Mapping[str, Any], attempts: int, claim: str) -> bool:
-        """Take an effect leased to this replica; False if it is held already or there is no room."""
-        return self._dispatcher.submit(run_doc, effect, attempts, claim)
+        if applied.run is None:
+            return
+        for spec in applied.effects:
+            leased = LeasedEffect(applied.run_id, spec, applied.claims.get(spec.effect_id, ""), attempts=1)
+            self._dispatcher.submit(applied.run, leased)
 
     # ---- leases ----------------------------------------------------------------------
     def renew(self) -> None:

@@ -12,6 +12,7 @@ import re
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -212,12 +213,12 @@ class Engine:
         extra["architecture_name"] = prepared.name
         return self.store.start(run_id, msg.message_id, plan=prepared.plan, limits=self.limits(), extra=extra)
 
-    def limits(self) -> dict[str, float]:
+    def limits(self) -> dict[str, timedelta]:
         s = self.settings
         return {
-            "iam_budget": s.iam_budget_seconds,
-            "director_budget": s.director_ready_budget_seconds,
-            "timeout_preflight": s.preflight_timeout_seconds * 2 + 60,
+            "iam_budget": timedelta(seconds=s.iam_budget_seconds),
+            "director_budget": timedelta(seconds=s.director_ready_budget_seconds),
+            "timeout_preflight": timedelta(seconds=s.preflight_timeout_seconds * 2 + 60),
         }
 
 

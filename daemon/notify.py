@@ -35,8 +35,8 @@ class Notifier:
         if decision.run.error is not None:
             body["error"] = decision.run.error.model_dump()
         attrs = {"run_id": applied.run_id}
-        if applied.run_doc.get("trace_id"):
-            attrs["trace_id"] = str(applied.run_doc["trace_id"])
+        if applied.run is not None and applied.run.trace_id:
+            attrs["trace_id"] = applied.run.trace_id
         try:
             future = self.publisher.client.publish(self.topic, json.dumps(body).encode(), **attrs)
             future.add_done_callback(lambda f: f.exception() and log.warning("notification lost"))

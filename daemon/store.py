@@ -26,7 +26,7 @@ from daemon import rejected
 from daemon.store_leases import EffectLeases, utcnow
 from handlers.base import outcome_mismatch
 from machines.errors import UnknownRun
-from machines.messages import EffectSpec, Event, RunState
+from machines.messages import EffectSpec, Event, RunState, RunView
 from machines.orchestration import Decision, decide, rejected_start, start_run
 
 EFFECTS = "effects"
@@ -50,7 +50,7 @@ _MACHINE_FIELDS = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Applied:
     """The result of one message: its outcome and, if it changed the run, what to do next."""
 
@@ -58,10 +58,10 @@ class Applied:
     run_id: str
     detail: str = ""
     decision: Decision | None = None
-    effects: list[EffectSpec] = field(default_factory=list)
-    run_doc: dict[str, Any] = field(default_factory=dict)
+    effects: tuple[EffectSpec, ...] = ()
+    run: RunView | None = None  # the run after this message, as its effects' handlers see it
     settled_effect: str | None = None  # the effect whose outcome this message was (now done)
-    claims: dict[str, str] = field(default_factory=dict)  # effect_id -> claim: effects leased to this replica
+    claims: Mapping[str, str] = field(default_factory=dict)  # effect_id -> claim: effects leased to this replica
 
     @property
     def from_state(self) -> str | None:
@@ -73,8 +73,21 @@ class Applied:
 
 
 def run_fields(run: RunState) -> dict[str, Any]:
-    data = run.model_dump(mode="python", include=set(_MACHINE_FIELDS))
-    return data
+    """The machine's fields of a run as Firestore stores them."""
+    return run.model_dump(mode="python", include=set(_MACHINE_FIELDS))
+
+
+def stored_limits(limits: Mapping[str, timedelta]) -> dict[str, float]:
+    return {key: duration.total_seconds() for key, duration in limits.items()}
+
+
+def run_state(doc: Mapping[str, Any]) -> RunState:
+    """A run document as the machine's record (limits are stored as seconds; pydantic reads them back)."""
+    return RunState.model_validate(doc)
+
+
+def run_view(doc: Mapping[str, Any]) -> RunView:
+    return RunView.model_validate(doc)
 
 
 class RunStore(EffectLeases):
@@ -131,7 +144,7 @@ class RunStore(EffectLeases):
         message_id: str,
         *,
         plan: Mapping[str, Any] | None,
-        limits: Mapping[str, float],
+        limits: Mapping[str, timedelta],
         extra: Mapping[str, Any],
         invalid: tuple[str, str] | None = None,
     ) -> Applied:
@@ -157,8 +170,8 @@ class RunStore(EffectLeases):
             else:
                 assert plan is not None
                 decision = start_run(run_id, plan, limits, now)
-            doc = {"run_id": run_id, "created_at": now, **run_fields(decision.run), "plan": decision.run.plan,
-                   "limits": decision.run.limits, **extra}
+            doc = {"run_id": run_id, "created_at": now, **run_fields(decision.run), "plan": dict(decision.run.plan),
+                   "limits": stored_limits(decision.run.limits), **extra}
             doc["updated_at"] = now
             transaction.create(run_ref, doc)
             transaction.set(
@@ -167,7 +180,7 @@ class RunStore(EffectLeases):
                        decision.detail, version=decision.run.version),
             )
             claims = self._write_effects(transaction, run_ref, decision.effects, now)
-            return Applied("applied", run_id, decision.detail, decision, decision.effects, doc, claims=claims)
+            return Applied("applied", run_id, decision.detail, decision, decision.effects, run_view(doc), claims=claims)
 
         with self._serial(run_id):
             return tx(self.client.transaction())
@@ -203,7 +216,7 @@ class RunStore(EffectLeases):
                     _audit(event.event_id, event.type, event.item, message_id, now, doc.get("state"), None,
                            "ignored", refused),
                 )
-                return Applied("ignored", event.run_id, refused, run_doc=doc)
+                return Applied("ignored", event.run_id, refused)
             settles = effect_ref if effect is not None and effect.get("status") == "pending" else None
             if event_snap.exists:
                 dup_id = f"{event.event_id}~dup~{message_id}"
@@ -213,8 +226,8 @@ class RunStore(EffectLeases):
                            "duplicate", "already applied"),
                 )
                 self._mark_done(transaction, settles, now)
-                return Applied("duplicate", event.run_id, "already applied", run_doc=doc, settled_effect=effect_id)
-            run = RunState.model_validate(doc)
+                return Applied("duplicate", event.run_id, "already applied", settled_effect=effect_id)
+            run = run_state(doc)
             decision = decide(run, event, now)
             if decision.applied:
                 fields = run_fields(decision.run)
@@ -233,8 +246,8 @@ class RunStore(EffectLeases):
             )
             claims = self._write_effects(transaction, run_ref, decision.effects, now)
             self._mark_done(transaction, settles, now)
-            return Applied(decision.outcome, event.run_id, decision.detail, decision, decision.effects, doc, effect_id,
-                           claims)
+            return Applied(decision.outcome, event.run_id, decision.detail, decision, decision.effects, run_view(doc),
+                           effect_id, claims)
 
         with self._serial(event.run_id):
             return tx(self.client.transaction())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from google.api_core.exceptions import FailedPrecondition
 from google.cloud import firestore
 
 from machines.errors import TransientError
+from machines.messages import EffectSpec, RunView
 
 log = structlog.get_logger("podium.store")
 
@@ -29,6 +31,26 @@ _GUARDED_BATCH = 200  # effects per conditional batch (Firestore allows 500 writ
 _GUARD_ROUNDS = 5  # read-check-write tries when a precondition keeps failing
 
 Key = tuple[str, str]  # (run_id, effect_id)
+
+
+@dataclass(frozen=True)
+class LeasedEffect:
+    """An effect this replica holds a lease on, typed from its document."""
+
+    run_id: str
+    spec: EffectSpec
+    claim: str
+    attempts: int  # claims so far, this one included (1 = the first)
+    last_error: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.run_id, self.spec.effect_id)
+
+
+def leased_effect(doc: Mapping[str, Any]) -> LeasedEffect:
+    spec = EffectSpec(effect_id=doc["effect_id"], kind=doc["kind"], item=doc.get("item"), params=doc.get("params") or {})
+    return LeasedEffect(str(doc["run_id"]), spec, str(doc["claim"]), int(doc["attempts"]), doc.get("last_error"))
 
 
 def utcnow() -> datetime:
@@ -69,8 +91,8 @@ class EffectLeases:
         }
         return not self._write_if_claimed({(run_id, effect_id): claim}, update)
 
-    def claim_effect(self, run_id: str, effect_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Take over an effect whose lease expired. Returns (effect, run document) or None if lost.
+    def claim_effect(self, run_id: str, effect_id: str) -> tuple[LeasedEffect, RunView] | None:
+        """Take over an effect whose lease expired. Returns (the effect, its run) or None if lost.
 
         The effect comes back with its new ``claim`` and ``attempts``: every claim counts an
         attempt (except the re-check of work that was not ready, or work handed back unstarted on
@@ -102,7 +124,7 @@ class EffectLeases:
         if claimed is None:
             return None
         run = run_ref.get()
-        return (claimed, run.to_dict() or {}) if run.exists else None
+        return (leased_effect(claimed), RunView.model_validate(run.to_dict() or {})) if run.exists else None
 
     def extend_leases(self, held: Mapping[Key, str]) -> set[Key]:
         """Renew the leases of ``{(run_id, effect_id): claim}``; returns the keys no longer ours

@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from machines.messages import RunView
 from machines.pipeline import EFFECT_KINDS
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class HandlerSettings(Protocol):
     def preflight_timeout_seconds(self) -> float: ...
     @property
     def local_iam_delay_seconds(self) -> float: ...
+    @property
+    def gcp_endpoints(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -57,26 +60,26 @@ class EffectContext:
     item: str | None
     params: Mapping[str, Any]
     attempt: int
-    run: Mapping[str, Any]  # the run document as it was when the effect was leased
+    run: RunView  # the run as it was when the effect was leased
     settings: HandlerSettings
 
     @cached_property
     def architecture(self) -> Architecture:
         """The run's hydrated architecture, validated once per run, not once per effect: it is
         written at start and never changes, so (run id, created_at) names it."""
-        return _ARCHITECTURES.get(self.run_id, self.run.get("created_at"), self.run["architecture"])
+        return _ARCHITECTURES.get(self.run_id, self.run.created_at, self.run.architecture)
 
     @property
     def source_root(self) -> Path:
-        return Path(self.run.get("source_root") or self.settings.source_root)
+        return Path(self.run.source_root or self.settings.source_root)
 
     @property
     def outputs(self) -> Mapping[str, Any]:
-        return self.run.get("outputs") or {}
+        return self.run.outputs
 
     @property
     def trace_id(self) -> str | None:
-        return self.run.get("trace_id")
+        return self.run.trace_id
 
     def target(self) -> tuple[str, str, ServiceSpec]:
         """(service, its dataflow, its spec) named by ``item``; a non-retryable error if unknown."""

@@ -46,7 +46,7 @@ def _preflight(ctx: EffectContext) -> Sequence[Outcome]:
 
 
 def _iam_provision(ctx: EffectContext) -> Sequence[Outcome]:
-    services = ctx.run.get("plan", {}).get("all_services", [])
+    services = ctx.run.plan.get("all_services", [])
     accounts = {s: f"{s}@standin.iam" for s in services}
     return [Outcome("iam.accounts_created", None, {"service_accounts": accounts})]
 

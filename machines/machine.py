@@ -9,10 +9,12 @@ decision; they are referenced here by name only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from transitions import Machine
 
+from machines.messages import RunStatus
 from machines.pipeline import FAILURE_SOURCES, PHASES, PIPELINE_STATES
 
 __all__ = [
@@ -30,7 +32,7 @@ __all__ = [
 ACTIVE_STATES: tuple[str, ...] = ("pending", *PIPELINE_STATES)
 TERMINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 STATES: tuple[str, ...] = ACTIVE_STATES + TERMINAL_STATES
-STATUS_OF_TERMINAL = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
+STATUS_OF_TERMINAL: Mapping[str, RunStatus] = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
 
 
 def trigger_name(event_type: str) -> str:

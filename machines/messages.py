@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -149,19 +149,23 @@ class Timer(_Strict):
 
 
 class RunState(BaseModel):
-    """The machine's view of a run document (DESIGN.md §5 plus engine fields)."""
+    """The machine's view of a run document (DESIGN.md §5 plus engine fields): a frozen record.
 
-    model_config = ConfigDict(extra="ignore")
+    ``decide`` changes a run through a private :class:`machines.draft.RunDraft` and returns a
+    new ``RunState``; ``daemon.store`` is the one place that reads and writes it as a
+    Firestore document (durations are stored as seconds there)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     run_id: str
     state: str = "pending"
     status: RunStatus = "running"
     version: int = 0
     error: RunError | None = None
-    progress: dict[str, dict[str, str]] = Field(default_factory=dict)
-    outputs: dict[str, Any] = Field(default_factory=dict)
-    plan: dict[str, Any] = Field(default_factory=dict)
-    limits: dict[str, float] = Field(default_factory=dict)
+    progress: Mapping[str, Mapping[str, str]] = Field(default_factory=dict)
+    outputs: Mapping[str, Any] = Field(default_factory=dict)
+    plan: Mapping[str, Any] = Field(default_factory=dict)
+    limits: Mapping[str, timedelta] = Field(default_factory=dict)
     attempt: int = 0
     failed_state: str | None = None
     wake_at: datetime | None = None
@@ -169,6 +173,23 @@ class RunState(BaseModel):
     timer_seq: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+class RunView(BaseModel):
+    """What an effect's handler reads of its run: the document as it was when the effect was
+    leased, typed once by the store (handlers never see a raw Firestore dict)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    run_id: str
+    status: RunStatus = "running"
+    attempt: int = 0
+    created_at: datetime | None = None
+    trace_id: str | None = None
+    source_root: str | None = None
+    plan: Mapping[str, Any] = Field(default_factory=dict)
+    outputs: Mapping[str, Any] = Field(default_factory=dict)
+    architecture: Mapping[str, Any] = Field(default_factory=dict)
 
 
 def _check_storable(value: Any, depth: int) -> None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from transitions import MachineError
 
+from machines.draft import RunDraft
 from machines.errors import clip
 from machines.machine import (
     ACTIVE_STATES,
@@ -61,26 +62,26 @@ __all__ = [  # the machine's names too: callers see one module
     "trigger_name",
 ]
 
-DEFAULT_LIMITS: dict[str, float] = {
-    "state_timeout": 1800.0,  # any state without a more specific budget
-    **{f"timeout_{state}": seconds for state, seconds in STATE_TIMEOUTS.items()},
-    "iam_budget": 600.0,  # IAM may take 2-7 minutes to propagate
-    "iam_poll_initial": 1.0,
-    "iam_poll_max": 30.0,
-    "director_budget": 60.0,
-    "director_ping_interval": 2.0,
+DEFAULT_LIMITS: Mapping[str, timedelta] = {
+    "state_timeout": timedelta(minutes=30),  # any state without a more specific budget
+    **{f"timeout_{state}": timedelta(seconds=seconds) for state, seconds in STATE_TIMEOUTS.items()},
+    "iam_budget": timedelta(minutes=10),  # IAM may take 2-7 minutes to propagate
+    "iam_poll_initial": timedelta(seconds=1),
+    "iam_poll_max": timedelta(seconds=30),
+    "director_budget": timedelta(minutes=1),
+    "director_ping_interval": timedelta(seconds=2),
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
-    """What one event does to one run."""
+    """What one event does to one run: the new snapshot and the effects to schedule."""
 
     outcome: str  # applied | ignored
     from_state: str
     to_state: str
     run: RunState
-    effects: list[EffectSpec] = field(default_factory=list)
+    effects: tuple[EffectSpec, ...] = ()
     detail: str = ""
 
     @property
@@ -89,9 +90,9 @@ class Decision:
 
 
 class _RunModel:
-    """The object ``transitions`` drives for one decision. Holds a private copy of the run."""
+    """The object ``transitions`` drives for one decision. Holds the run's private draft."""
 
-    def __init__(self, run: RunState, event: Event, now: datetime) -> None:
+    def __init__(self, run: RunDraft, event: Event, now: datetime) -> None:
         self.state = run.state
         self.run = run
         self.event = event
@@ -99,22 +100,22 @@ class _RunModel:
         self.effects: list[EffectSpec] = []
 
     # ---- helpers used by callbacks -------------------------------------------------
-    def limit(self, key: str) -> float:
+    def limit(self, key: str) -> timedelta:
         for table in (self.run.limits, DEFAULT_LIMITS):
             if key in table:
-                return float(table[key])
-        return float(self.run.limits.get("state_timeout", DEFAULT_LIMITS["state_timeout"]))
+                return table[key]
+        return self.run.limits.get("state_timeout", DEFAULT_LIMITS["state_timeout"])
 
     def effect(self, kind: str, item: str | None = None, suffix: str = "", **params: Any) -> None:
         effect_id = f"{kind}:{item or '-'}:a{self.run.attempt}{suffix}"
         self.effects.append(EffectSpec(effect_id=effect_id, kind=kind, item=item, params=params))
 
-    def set_timer(self, purpose: str, delay: float, attempt: int = 0, started_at: datetime | None = None) -> None:
+    def set_timer(self, purpose: str, delay: timedelta, attempt: int = 0, started_at: datetime | None = None) -> None:
         self.run.timer_seq += 1
         self.run.timer = Timer(
             purpose=purpose, seq=self.run.timer_seq, attempt=attempt, started_at=started_at or self.now
         )
-        self.run.wake_at = self.now + timedelta(seconds=delay)
+        self.run.wake_at = self.now + delay
 
     def clear_timer(self) -> None:
         self.run.timer = None
@@ -149,7 +150,7 @@ class _RunModel:
         if timer.purpose == "timeout":
             return True
         budget = self.limit("iam_budget" if timer.purpose.startswith("iam") else "director_budget")
-        return (self.now - timer.started_at).total_seconds() >= budget
+        return self.now - timer.started_at >= budget
 
     def __getattr__(self, name: str) -> Any:
         # Conditions of the retry edges: ``failed_in_<state>`` (one per state, named in the graph).
@@ -166,7 +167,7 @@ class _RunModel:
             handler()
         if self.state in TERMINAL_STATES:
             self.clear_timer()
-            self.run.status = STATUS_OF_TERMINAL[self.state]  # type: ignore[assignment]
+            self.run.status = STATUS_OF_TERMINAL[self.state]
         elif self.run.timer_seq == seq_before:  # no poll timer was set: guard the state with a deadline
             self.set_timer("timeout", self.limit(f"timeout_{self.state}"))
 
@@ -323,12 +324,11 @@ _LOCK = threading.Lock()  # one model attached to the shared MACHINE at a time
 
 
 def _ignored(run: RunState, event: Event, why: str) -> Decision:
-    return Decision("ignored", run.state, run.state, run, [], why)
+    return Decision("ignored", run.state, run.state, run, (), why)
 
 
 def decide(run: RunState, event: Event, now: datetime) -> Decision:
     """Apply one event to a run snapshot. Pure; never raises for bad or late events."""
-    run = run.model_copy(deep=True)
     state = run.state
     trig = trigger_name(event.type)
     if not admits(state, event.type):
@@ -341,9 +341,10 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     if stale:
         return _ignored(run, event, stale)
 
+    draft = RunDraft.of(run)
     phase = ITEM_PROGRESS.get((event.type, state))
     if phase is not None:
-        items = run.progress.get(phase, {})
+        items = draft.progress.get(phase, {})
         key = event.item
         if phase == "director":
             if event.item != run.plan.get("director"):
@@ -354,15 +355,15 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
         if items[key] == "succeeded":
             return _ignored(run, event, f"{event.item!r} already succeeded in phase '{phase}'")
         items[key] = "succeeded"
-        record_outputs(run, event)
+        record_outputs(draft, event)
     elif event.type.endswith(".failed"):
-        record_item_failure(run, event)
+        record_item_failure(draft, event)
     elif event.type == "iam.accounts_created":
         if not isinstance(event.data.get("service_accounts", {}), Mapping):  # dict() below would raise
             return _ignored(run, event, "iam.accounts_created whose service_accounts is not a map")
-        record_outputs(run, event)
+        record_outputs(draft, event)
 
-    model = _RunModel(run, event, now)
+    model = _RunModel(draft, event, now)
     model._source_state = state
     with _LOCK:
         MACHINE.add_model(model, initial=state)
@@ -383,10 +384,10 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     model.run.version += 1  # one applied transition, one version: the audit log's sequence
     model.run.updated_at = now
     detail = f"{state} -> {model.state}" if model.state != state else f"recorded in '{state}'"
-    return Decision("applied", state, model.state, model.run, model.effects, detail)
+    return Decision("applied", state, model.state, model.run.freeze(), tuple(model.effects), detail)
 
 
-def start_run(run_id: str, plan: Mapping[str, Any], limits: Mapping[str, float], now: datetime) -> Decision:
+def start_run(run_id: str, plan: Mapping[str, Any], limits: Mapping[str, timedelta], now: datetime) -> Decision:
     """The first decision of a run: ``pending`` -> ``generating_config``."""
     run = RunState(run_id=run_id, plan=dict(plan), limits=dict(limits), created_at=now, updated_at=now)
     event = Event(run_id=run_id, event_id="start", type="command.start")
@@ -395,7 +396,7 @@ def start_run(run_id: str, plan: Mapping[str, Any], limits: Mapping[str, float],
 
 def rejected_start(run_id: str, reason: str, message: str, now: datetime) -> Decision:
     """The first decision of a run that cannot start (e.g. an invalid architecture)."""
-    return Decision("applied", "pending", "failed", failed_run(run_id, reason, message, now), [],
+    return Decision("applied", "pending", "failed", failed_run(run_id, reason, message, now), (),
                     f"rejected at start: {reason}")
 
 

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from machines.draft import RunDraft
 from machines.messages import Event, RunState
 
 __all__ = ["attempt_of", "record_item_failure", "record_outputs", "stale_reason"]
@@ -53,7 +54,7 @@ def attempt_of(event: Event) -> int | None:
     return None
 
 
-def record_outputs(run: RunState, event: Event) -> None:
+def record_outputs(run: RunDraft, event: Event) -> None:
     data: Mapping[str, Any] = event.data
     if event.type == "build.succeeded" and "image" in data:
         run.outputs.setdefault("images", {})[event.item or ""] = data["image"]
@@ -72,7 +73,7 @@ _FAILURE_PHASE = {
 }
 
 
-def record_item_failure(run: RunState, event: Event) -> None:
+def record_item_failure(run: RunDraft, event: Event) -> None:
     phase = _FAILURE_PHASE.get(event.type)
     if event.type == "deploy.failed" and event.item == run.plan.get("director"):
         run.progress.setdefault("director", {})["deploy"] = "failed"

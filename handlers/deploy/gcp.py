@@ -5,42 +5,46 @@ creates or updates ``projects/{project}/locations/{region}/services/{service}`` 
 deployment's, else the architecture's) and never waits on the long-running operation:
 
 * ``get_service``; NotFound → ``create_service(parent, service, service_id)``; a service whose
-  template does not carry our revision yet → ``update_service`` with the fetched service, its
-  template replaced (so ingress, traffic, labels and whatever else someone set on the service are
-  kept, and the etag guards against a concurrent change). Then ``NotReady(retry_after=5)``: the
-  effect runner calls again later through the effect's durable lease.
-* Called again with our revision in place: the latest ready revision is ours and the terminal
+  template is not ours (another configuration, or someone changed it) → ``update_service`` with
+  the fetched service, its template replaced (so ingress, traffic, labels and whatever else
+  someone set on the service are kept, and the etag guards against a concurrent change). Then
+  ``NotReady(retry_after=5)``: the effect runner calls again later through the effect's lease.
+* Called again with our template in place: the latest ready revision is ours and the terminal
   condition succeeded → ``deploy.succeeded`` with ``url = service.uri``; reconciliation over and
   the terminal condition failed → a non-retryable error with Cloud Run's message; else NotReady.
+
+Revision names: ``<service>-<config digest[:8]>-<generation>``. The digest covers the whole
+template Podium sends (image, env, resources, scaling, account), so a configuration-only change
+(memory, an env var) names a new revision without a rebuild, and drift made outside Podium
+(a template that is not ours) is put back. The generation keeps names unique when a service
+returns to an earlier configuration (Cloud Run refuses a reused revision name with 409).
 
 The template (anchor §6, with its defects fixed): ``service_account`` = the run's account for the
 service, one container with ``image`` (the build's image), ``env`` (plain values, and secrets as
 ``secret_key_ref {secret: value_from, version: "latest"}``: Secret Manager references, never
-values), ``resources.limits {cpu, memory}``, ``scaling {min_instance_count, max_instance_count}``,
-and a deterministic ``revision`` name ``<service>-<digest[:10]>`` (``sha1(image)[:10]`` for an
-image without digest), so redoing the same deploy issues nothing. The director gets
-``min_instance_count >= 1``: it lives on a streaming pull, not on requests, and a service scaled
-to zero has no puller at all (the anchor let it starve).
+values), ``resources.limits {cpu, memory}``, ``scaling {min_instance_count, max_instance_count}``.
+The director gets ``min_instance_count >= 1``: it lives on a streaming pull, not on requests, and
+a service scaled to zero has no puller at all (the anchor let it starve).
 
 CPU allocation: ``resources.cpu_idle`` is a proto3 bool without presence, and the API documents
 that once ``resources`` is set the caller must send ``true`` to keep request-only CPU. Podium
-always sets limits and sends ``false``: instance-based billing, CPU outside requests, which the
-director's pull (and any background worker) needs. It is set explicitly for the director so
-that the requirement is visible where it matters.
+sends ``false`` (instance-based billing: CPU outside requests, which the director's pull and any
+background worker need) unless the service asks for less than one CPU, which Cloud Run allows
+only with request-based billing (``cpu_idle = true``); the architecture refuses a fractional CPU
+for the director.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
-from functools import cache
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
 from handlers.base import EffectContext, Outcome
+from handlers.gcp_clients import clients_for
 from handlers.google_errors import api_error
 from machines.architecture import Architecture, DeploymentSpec
 from machines.errors import HandlerError, NotReady
@@ -49,20 +53,17 @@ from machines.hydration import service_account_email
 __all__ = [
     "RECHECK_SECONDS",
     "build_template",
+    "config_digest",
+    "cpu_count",
     "deploy_gcp",
+    "is_ours",
     "revision_name",
     "service_name",
 ]
 
 RECHECK_SECONDS = 5.0
-_DIGEST = re.compile(r"@sha256:(?P<digest>[0-9a-f]{10,})$")
 T = TypeVar("T")
 Condition = run_v2.Condition
-
-
-@cache
-def _default_client() -> run_v2.ServicesClient:
-    return run_v2.ServicesClient()
 
 
 # ---- pure parts (tested on their own) -------------------------------------------------------
@@ -72,11 +73,29 @@ def service_name(project: str, region: str, service: str) -> str:
     return f"projects/{project}/locations/{region}/services/{service}"
 
 
-def revision_name(service: str, image: str) -> str:
-    """``<service>-<first 10 hex of the image digest>``, or of ``sha1(image)`` without a digest."""
-    match = _DIGEST.search(image)
-    token = match["digest"][:10] if match else hashlib.sha1(image.encode()).hexdigest()[:10]
-    return f"{service}-{token}"
+def config_digest(template: run_v2.RevisionTemplate) -> str:
+    """sha256 of the template Podium sends, its revision name left out."""
+    unnamed = run_v2.RevisionTemplate(template)
+    unnamed.revision = ""
+    raw = run_v2.RevisionTemplate.pb(unnamed).SerializeToString(deterministic=True)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def revision_name(service: str, digest: str, generation: int) -> str:
+    """``<service>-<digest[:8]>-<generation>``: at most 63 characters for a 49-character service."""
+    return f"{service}-{digest[:8]}-{generation}"
+
+
+def is_ours(revision: str, service: str, digest: str) -> bool:
+    """Whether a live template's revision name says it carries this configuration."""
+    return revision.startswith(f"{service}-{digest[:8]}-")
+
+
+def cpu_count(cpu: str) -> float | None:
+    """``"2"`` → 2.0, ``"500m"`` → 0.5; None when unset (the architecture validated the form)."""
+    if not cpu:
+        return None
+    return float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
 
 
 def build_template(
@@ -98,11 +117,12 @@ def build_template(
         for s in deployment.secret_environment_vars
     ]
     limits = {k: v for k, v in (("cpu", deployment.cpu), ("memory", deployment.memory)) if v}
-    resources = run_v2.ResourceRequirements(limits=limits)
+    cpu = cpu_count(deployment.cpu)
+    # Below one CPU Cloud Run requires request-based billing (see the module doc).
+    resources = run_v2.ResourceRequirements(limits=limits, cpu_idle=cpu is not None and cpu < 1)
     min_instances = deployment.min_instances
     if is_director:
-        # The director works on a streaming pull: keep one instance up, with its CPU always on
-        # (False is also what every service gets: see the module doc).
+        # The director works on a streaming pull: keep one instance up, with its CPU always on.
         min_instances = max(min_instances or 0, 1)
         resources.cpu_idle = False
     scaling = run_v2.RevisionScaling()
@@ -111,7 +131,6 @@ def build_template(
     if deployment.max_instances is not None:
         scaling.max_instance_count = max(deployment.max_instances, min_instances or 0)
     return run_v2.RevisionTemplate(
-        revision=revision_name(service, image),
         service_account=service_account,
         scaling=scaling,
         containers=[run_v2.Container(image=image, env=env, resources=resources)],
@@ -154,13 +173,14 @@ def deploy_gcp(
         service_account=str(account),
         is_director=service == arch.service_manager_spec.name,
     )
-    revision = template.revision
+    digest = config_digest(template)
     name = service_name(project, region, service)
-    run = client or _default_client()
+    run = client or clients_for(ctx.settings).get("run")
 
     try:
         existing = _call(f"get {name}", lambda: run.get_service(name=name))
     except gexc.NotFound:
+        template.revision = revision_name(service, digest, 1)
         try:
             _call(
                 f"create {name}",
@@ -177,10 +197,11 @@ def deploy_gcp(
                 f"Cloud Run: cannot create {name}: {exc.message}", retryable=False
             ) from exc
         raise NotReady(
-            f"creating Cloud Run service {name} (revision {revision})", retry_after=RECHECK_SECONDS
+            f"creating Cloud Run service {name} (revision {template.revision})", retry_after=RECHECK_SECONDS
         ) from None
 
-    if existing.template.revision != revision:
+    if not is_ours(existing.template.revision, service, digest):
+        template.revision = revision_name(service, digest, existing.generation + 1)
         desired = run_v2.Service(existing)  # a copy: keep what Podium does not own
         desired.template = template
         try:
@@ -189,11 +210,13 @@ def deploy_gcp(
             raise HandlerError(
                 f"Cloud Run: {name} vanished during the update", retryable=True
             ) from exc
+        except gexc.AlreadyExists:  # 409: that revision name was taken meanwhile; re-read
+            pass
         raise NotReady(
-            f"updating Cloud Run service {name} to revision {revision}", retry_after=RECHECK_SECONDS
+            f"updating Cloud Run service {name} to revision {template.revision}", retry_after=RECHECK_SECONDS
         )
 
-    _check_same_configuration(name, existing.template, template)
+    revision = existing.template.revision
     condition = existing.terminal_condition
     ready = existing.latest_ready_revision
     if (
@@ -211,31 +234,6 @@ def deploy_gcp(
         f"({Condition.State(condition.state).name})",
         retry_after=RECHECK_SECONDS,
     )
-
-
-def _check_same_configuration(
-    name: str, live: run_v2.RevisionTemplate, wanted: run_v2.RevisionTemplate
-) -> None:
-    """Revision names are immutable: the same name with other settings cannot be deployed.
-
-    Compares what Cloud Run does not normalise (account, image, plain env values), so a changed
-    configuration without a new image is a clear error rather than a silent success.
-    """
-
-    def key(t: run_v2.RevisionTemplate) -> tuple[Any, ...]:
-        container = t.containers[0] if t.containers else run_v2.Container()
-        env = tuple(
-            (e.name, e.value) for e in container.env if not e.value_source.secret_key_ref.secret
-        )
-        return t.service_account, container.image, env
-
-    if key(live) != key(wanted):
-        raise HandlerError(
-            f"Cloud Run service {name} already runs revision {wanted.revision} with another service account, "
-            "image or environment; a revision name cannot be reused, so rebuild the service (a new image "
-            "digest names a new revision) to deploy the changed configuration",
-            retryable=False,
-        )
 
 
 def _call(what: str, fn: Callable[[], T]) -> T:

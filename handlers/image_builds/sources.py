@@ -207,7 +207,7 @@ def resolve_service(ctx: EffectContext) -> tuple[str, ServiceSpec, Path]:
     from handlers.configgen import contained_service_dir
 
     service = ctx.item or ""
-    root = str(ctx.run.get("source_root") or "")
+    root = ctx.run.source_root or ""
     if root.startswith("gs://"):
         raise HandlerError(
             f"build of service {service!r}: a gs:// source_root ({root}) is not supported by the build handler",

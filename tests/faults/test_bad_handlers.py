@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -63,10 +64,10 @@ def test_bad_handlers_fail_their_run_clearly_and_never_hang(settings, db, daemon
     monkeypatch.setattr(effects_module, "MAX_ATTEMPTS", MAX_ATTEMPTS)
     base_limits = Engine.limits
     monkeypatch.setattr(Engine, "limits", lambda self: base_limits(self) | {
-        "timeout_generating_config": STATE_TIMEOUT,
-        "timeout_deploying_director": STATE_TIMEOUT,
-        "timeout_provisioning_iam": STATE_TIMEOUT,
-        "state_timeout": ANY_STATE_TIMEOUT,
+        "timeout_generating_config": timedelta(seconds=STATE_TIMEOUT),
+        "timeout_deploying_director": timedelta(seconds=STATE_TIMEOUT),
+        "timeout_provisioning_iam": timedelta(seconds=STATE_TIMEOUT),
+        "state_timeout": timedelta(seconds=ANY_STATE_TIMEOUT),
     })
 
     def raises(ctx: EffectContext, n: int) -> Sequence[Outcome]:

@@ -36,6 +36,7 @@ from handlers.deploy.registry import COLLECTION, ProcessRegistry, fingerprint, i
 from machines.architecture import load_architecture
 from machines.errors import HandlerError, NotReady
 from machines.hydration import hydrate
+from machines.messages import RunView
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata"
 
@@ -235,7 +236,7 @@ class Deployer:
             item=service,
             params={},
             attempt=0,
-            run=run,
+            run=RunView.model_validate(run),
             settings=self.settings,
         )
 

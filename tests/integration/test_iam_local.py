@@ -20,6 +20,7 @@ from handlers.iam.local import COLLECTION, LocalIam, binding_doc_id
 from machines.architecture import Architecture, load_architecture
 from machines.hydration import all_services, hydrate
 from machines.iam_plan import IamBinding, plan_iam
+from machines.messages import RunView
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata" / "architecture.yaml"
 DELAY = 0.5
@@ -45,7 +46,7 @@ def make_ctx(arch: Architecture, settings: Settings, kind: str, item: str | None
         item=item,
         params={},
         attempt=0,
-        run=run,
+        run=RunView.model_validate(run),
         settings=settings,
     )
 

@@ -74,9 +74,9 @@ def test_a_stolen_lease_refuses_every_write_of_its_first_owner(stores):
     expire(a, "lease-1")
     claimed = b.claim_effect("lease-1", EFFECT)
     assert claimed is not None
-    data, run_doc = claimed
-    claim_b = data["claim"]
-    assert claim_b != claim_a and data["owner"] == "replica-b" and run_doc["run_id"] == "lease-1"
+    leased, run = claimed
+    claim_b = leased.claim
+    assert claim_b != claim_a and effect_doc(b, "lease-1")["owner"] == "replica-b" and run.run_id == "lease-1"
     taken = effect_doc(b, "lease-1")
 
     key = ("lease-1", EFFECT)
@@ -95,7 +95,7 @@ def test_the_outcome_of_a_superseded_claim_is_ignored_and_the_current_one_applie
     a, b = stores
     claim_a = started(a, "lease-2").claims[EFFECT]
     expire(a, "lease-2")
-    claim_b = b.claim_effect("lease-2", EFFECT)[0]["claim"]  # type: ignore[index]
+    claim_b = b.claim_effect("lease-2", EFFECT)[0].claim  # type: ignore[index]
 
     late = a.apply(outcome("lease-2", claim_a), "msg-a")
     assert late.outcome == "ignored" and "superseded claim" in late.detail
@@ -142,10 +142,10 @@ def test_every_claim_counts_an_attempt_except_a_recheck(stores):
     assert effect_doc(a, "lease-4")["attempts"] == 1
     assert a.effect_retry_later("lease-4", EFFECT, claim_a, 0.0, "flaky")
     data = b.claim_effect("lease-4", EFFECT)[0]  # type: ignore[index]
-    assert data["attempts"] == 2 and effect_doc(b, "lease-4")["attempts"] == 2
-    assert b.effect_retry_later("lease-4", EFFECT, data["claim"], 0.0, "not ready", recheck=True)
+    assert data.attempts == 2 and effect_doc(b, "lease-4")["attempts"] == 2
+    assert b.effect_retry_later("lease-4", EFFECT, data.claim, 0.0, "not ready", recheck=True)
     again = a.claim_effect("lease-4", EFFECT)[0]  # type: ignore[index]
-    assert again["attempts"] == 2  # waiting for work under way is no failed attempt
+    assert again.attempts == 2  # waiting for work under way is no failed attempt
     assert effect_doc(a, "lease-4")["recheck"] is False
 
 
@@ -227,8 +227,8 @@ def test_work_handed_back_on_shutdown_costs_no_attempt_but_a_crash_does(stores):
     assert effect_doc(a, "lease-handback")["attempts"] == 1
     a.release_leases({("lease-handback", EFFECT): claim_a})  # a graceful stop: never started
     data, _ = b.claim_effect("lease-handback", EFFECT)  # type: ignore[misc]
-    assert data["attempts"] == 1, "an effect handed back unstarted lost an attempt"
+    assert data.attempts == 1, "an effect handed back unstarted lost an attempt"
 
     expire(b, "lease-handback")  # B died while running it: the next claim is a new attempt
     data, _ = a.claim_effect("lease-handback", EFFECT)  # type: ignore[misc]
-    assert data["attempts"] == 2
+    assert data.attempts == 2

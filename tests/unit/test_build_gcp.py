@@ -38,6 +38,7 @@ from machines.cloud_builds import (
 )
 from machines.errors import HandlerError, InvalidMessage
 from machines.hydration import hydrate
+from machines.messages import RunView
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata"
 PROJECT = "podium-test"
@@ -133,7 +134,7 @@ def make_ctx(
         item=item,
         params={},
         attempt=0,
-        run={"run_id": run_id, "architecture": arch.to_dict(), "source_root": str(source_root)},
+        run=RunView.model_validate({"run_id": run_id, "architecture": arch.to_dict(), "source_root": str(source_root)}),
         settings=Settings(project=PROJECT, state_dir=source_root.parent / "state"),
     )
 

@@ -17,6 +17,7 @@ from handlers.image_builds.local import build_artifact, build_local, check_requi
 from machines.architecture import load_architecture
 from machines.errors import HandlerError
 from machines.hydration import hydrate
+from machines.messages import RunView
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata"
 
@@ -298,7 +299,7 @@ def make_ctx(source_root: Path, state_dir: Path, item: str) -> EffectContext:
         item=item,
         params={},
         attempt=0,
-        run={"run_id": "demo-1", "architecture": arch.to_dict(), "source_root": str(source_root)},
+        run=RunView.model_validate({"run_id": "demo-1", "architecture": arch.to_dict(), "source_root": str(source_root)}),
         settings=Settings(project="podium-test", state_dir=state_dir),
     )
 

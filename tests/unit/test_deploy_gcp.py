@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pytest
@@ -12,10 +11,11 @@ from pytest_mock import MockerFixture
 
 from daemon.config import Settings
 from handlers.base import EffectContext
-from handlers.deploy.gcp import deploy_gcp, revision_name
+from handlers.deploy.gcp import config_digest, cpu_count, deploy_gcp, is_ours, revision_name
 from machines.architecture import load_architecture
 from machines.errors import HandlerError, NotReady
 from machines.hydration import hydrate
+from machines.messages import RunView
 
 ARCHITECTURE = """
 name: gcp-test
@@ -63,7 +63,7 @@ def make_ctx(service: str, outputs: dict[str, Any] | None = None) -> EffectConte
                 "director": "director-sa@my-project.iam.gserviceaccount.com",
             },
         }
-    run = {"run_id": "run-1", "architecture": arch.to_dict(), "outputs": outputs}
+    run = {"run_id": "run-1", "architecture": arch.to_dict(), "outputs": outputs or {}}
     return EffectContext(
         run_id="run-1",
         effect_id=f"deploy-{service}",
@@ -71,15 +71,15 @@ def make_ctx(service: str, outputs: dict[str, Any] | None = None) -> EffectConte
         item=service,
         params={},
         attempt=0,
-        run=run,
+        run=RunView.model_validate(run),
         settings=Settings(project="daemon-project", backend="gcp"),
     )
 
 
-def publisher_template() -> run_v2.RevisionTemplate:
+def publisher_template(revision: str = "") -> run_v2.RevisionTemplate:
     """What the publisher's template must be, field by field (written out, not computed)."""
     return run_v2.RevisionTemplate(
-        revision="publisher-ab12cd34ef",
+        revision=revision,
         service_account=PUBLISHER_SA,
         scaling=run_v2.RevisionScaling(min_instance_count=0, max_instance_count=3),
         containers=[
@@ -105,6 +105,10 @@ def publisher_template() -> run_v2.RevisionTemplate:
     )
 
 
+PUBLISHER_DIGEST = config_digest(publisher_template())
+OURS = f"publisher-{PUBLISHER_DIGEST[:8]}-5"  # what a service at generation 4 was updated to
+
+
 @pytest.fixture
 def client(mocker: MockerFixture) -> Any:
     return mocker.create_autospec(run_v2.ServicesClient, instance=True)
@@ -117,6 +121,7 @@ def existing_service(template: run_v2.RevisionTemplate, **status: Any) -> run_v2
         etag="etag-7",
         ingress=run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_ONLY,
         labels={"team": "data"},
+        generation=4,
         template=template,
         **status,
     )
@@ -133,7 +138,7 @@ def test_creates_the_service_when_it_does_not_exist_and_does_not_wait(client: An
     client.get_service.assert_called_once_with(name=PUBLISHER)
     client.create_service.assert_called_once_with(
         parent="projects/my-project/locations/us-central1",
-        service=run_v2.Service(template=publisher_template()),
+        service=run_v2.Service(template=publisher_template(f"publisher-{PUBLISHER_DIGEST[:8]}-1")),
         service_id="publisher",
     )
     client.update_service.assert_not_called()
@@ -160,7 +165,7 @@ def test_updates_an_existing_service_keeping_what_podium_does_not_own(client: An
     assert pending.value.retry_after == 5
     client.create_service.assert_not_called()
     expected = run_v2.Service(current)
-    expected.template = publisher_template()
+    expected.template = publisher_template(OURS)
     client.update_service.assert_called_once_with(service=expected)
     sent = client.update_service.call_args.kwargs["service"]
     assert sent.etag == "etag-7"  # a concurrent change makes the update fail, not overwrite
@@ -178,7 +183,7 @@ def test_the_director_keeps_an_instance_with_its_cpu_on(client: Any) -> None:
     assert kwargs["parent"] == "projects/my-project/locations/europe-west1"
     assert kwargs["service_id"] == "director"
     template = kwargs["service"].template
-    assert template.revision == "director-9999999999"
+    assert template.revision.startswith("director-") and template.revision.endswith("-1")
     assert template.service_account == "director-sa@my-project.iam.gserviceaccount.com"
     assert template.scaling.min_instance_count == 1
     container = template.containers[0]
@@ -192,13 +197,40 @@ def test_the_director_keeps_an_instance_with_its_cpu_on(client: Any) -> None:
     ]
 
 
-def test_revision_names_are_deterministic() -> None:
-    assert revision_name("publisher", PUBLISHER_IMAGE) == "publisher-ab12cd34ef"
-    tagged = "europe-west1-docker.pkg.dev/p/r/publisher:v1"
-    assert (
-        revision_name("publisher", tagged)
-        == "publisher-" + hashlib.sha1(tagged.encode()).hexdigest()[:10]
-    )
+def test_the_config_digest_covers_the_whole_template_but_not_the_revision_name() -> None:
+    base = publisher_template()
+    assert config_digest(base) == config_digest(publisher_template("publisher-anything-9"))
+    for change in (
+        lambda t: t.containers[0].resources.limits.update({"memory": "2Gi"}),
+        lambda t: setattr(t.containers[0], "image", t.containers[0].image + "0"),
+        lambda t: t.containers[0].env.append(run_v2.EnvVar(name="NEW", value="1")),
+        lambda t: setattr(t.scaling, "max_instance_count", 9),
+        lambda t: setattr(t, "service_account", "other@my-project.iam.gserviceaccount.com"),
+    ):
+        changed = publisher_template()
+        change(changed)
+        assert config_digest(changed) != config_digest(base)
+
+
+def test_revision_names_carry_the_digest_and_stay_within_63_characters() -> None:
+    digest = "0123456789abcdef" * 4
+    assert revision_name("publisher", digest, 3) == "publisher-01234567-3"
+    assert is_ours("publisher-01234567-3", "publisher", digest)
+    assert not is_ours("publisher-76543210-3", "publisher", digest)
+    assert len(revision_name("s" * 49, digest, 9999)) <= 63
+
+
+def test_below_one_cpu_asks_for_request_based_billing(client: Any) -> None:
+    assert (cpu_count("500m"), cpu_count("0.5"), cpu_count("2"), cpu_count("")) == (0.5, 0.5, 2.0, None)
+    ctx = make_ctx("publisher")
+    raw = ctx.architecture.to_dict()
+    raw["dataflows"]["tracer"]["services"]["publisher"]["deployment"].update(cpu="0.5", memory="512Mi")
+    run = RunView.model_validate({"run_id": "run-2", "architecture": raw, "outputs": ctx.outputs})
+    client.get_service.side_effect = gexc.NotFound("no such service")
+    with pytest.raises(NotReady):
+        deploy_gcp(EffectContext("run-2", "d", "deploy", "publisher", {}, 0, run, ctx.settings), client)
+    container = client.create_service.call_args.kwargs["service"].template.containers[0]
+    assert container.resources.cpu_idle is True and container.resources.limits["cpu"] == "0.5"
 
 
 def test_the_service_account_falls_back_to_the_architecture(client: Any) -> None:
@@ -221,7 +253,7 @@ def test_a_concurrent_create_is_not_an_error(client: Any) -> None:
 
 def test_not_ready_while_our_revision_is_rolling_out(client: Any) -> None:
     client.get_service.return_value = existing_service(
-        publisher_template(),
+        publisher_template(OURS),
         reconciling=True,
         latest_ready_revision=f"{PUBLISHER}/revisions/publisher-0000000000",
         terminal_condition=run_v2.Condition(type_="Ready", state=State.CONDITION_RECONCILING),
@@ -235,8 +267,8 @@ def test_not_ready_while_our_revision_is_rolling_out(client: Any) -> None:
 
 def test_succeeds_when_our_revision_is_the_latest_ready(client: Any) -> None:
     client.get_service.return_value = existing_service(
-        publisher_template(),
-        latest_ready_revision=f"{PUBLISHER}/revisions/publisher-ab12cd34ef",
+        publisher_template(OURS),
+        latest_ready_revision=f"{PUBLISHER}/revisions/{OURS}",
         terminal_condition=run_v2.Condition(type_="Ready", state=State.CONDITION_SUCCEEDED),
     )
     outcomes = deploy_gcp(make_ctx("publisher"), client)
@@ -250,7 +282,7 @@ def test_succeeds_when_our_revision_is_the_latest_ready(client: Any) -> None:
 def test_fails_with_cloud_runs_message_when_the_revision_failed(client: Any) -> None:
     message = "Revision 'publisher-ab12cd34ef' is not ready and cannot serve traffic. The container failed to start."
     client.get_service.return_value = existing_service(
-        publisher_template(),
+        publisher_template(OURS),
         reconciling=False,
         latest_ready_revision=f"{PUBLISHER}/revisions/publisher-0000000000",
         terminal_condition=run_v2.Condition(
@@ -263,17 +295,28 @@ def test_fails_with_cloud_runs_message_when_the_revision_failed(client: Any) -> 
     assert message in failed.value.message and PUBLISHER in failed.value.message
 
 
-def test_a_changed_configuration_under_the_same_revision_is_a_clear_error(client: Any) -> None:
-    live = publisher_template()
+def test_a_configuration_only_change_deploys_a_new_revision_of_the_same_image(client: Any) -> None:
+    live = publisher_template(OURS)
     live.containers[0].env[0].value = "5"  # deployed earlier with another interval, same image
+    live.revision = f"publisher-{config_digest(live)[:8]}-5"
     client.get_service.return_value = existing_service(
         live,
-        latest_ready_revision=f"{PUBLISHER}/revisions/publisher-ab12cd34ef",
+        latest_ready_revision=f"{PUBLISHER}/revisions/{live.revision}",
         terminal_condition=run_v2.Condition(type_="Ready", state=State.CONDITION_SUCCEEDED),
     )
-    with pytest.raises(HandlerError) as failed:
+    with pytest.raises(NotReady):
         deploy_gcp(make_ctx("publisher"), client)
-    assert failed.value.retryable is False and "rebuild" in failed.value.message
+    sent = client.update_service.call_args.kwargs["service"].template
+    assert sent.revision == OURS and sent.revision != live.revision
+    assert sent.containers[0].image == PUBLISHER_IMAGE  # no rebuild: the same image
+    assert sent.containers[0].env[0].value == "0.5"
+
+
+def test_a_revision_name_taken_meanwhile_is_re_read_not_an_error(client: Any) -> None:
+    client.get_service.return_value = existing_service(publisher_template("publisher-00000000-4"))
+    client.update_service.side_effect = gexc.AlreadyExists("409 revision publisher-x-5 already exists")
+    with pytest.raises(NotReady):
+        deploy_gcp(make_ctx("publisher"), client)
 
 
 # ---------------------------------------------------------------------------------- errors

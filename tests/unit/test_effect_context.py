@@ -11,6 +11,7 @@ from daemon.config import Settings
 from handlers.base import EffectContext
 from machines.architecture import load_architecture
 from machines.hydration import hydrate
+from machines.messages import RunView
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "testdata" / "architecture.yaml"
 RAW = hydrate(load_architecture(EXAMPLE.read_text(), source="example")).to_dict()
@@ -18,7 +19,7 @@ RAW = hydrate(load_architecture(EXAMPLE.read_text(), source="example")).to_dict(
 
 def ctx(run_id: str, created_at: Any, raw: dict[str, Any] = RAW) -> EffectContext:
     run = {"run_id": run_id, "architecture": raw, **({"created_at": created_at} if created_at else {})}
-    return EffectContext(run_id, "e", "deploy", None, {}, 0, run, Settings())
+    return EffectContext(run_id, "e", "deploy", None, {}, 0, RunView.model_validate(run), Settings())
 
 
 def test_effects_of_one_run_share_one_validated_architecture() -> None:

@@ -12,9 +12,10 @@ import pytest
 from daemon.config import Settings
 from daemon.effects import MAX_ATTEMPTS, EffectRunner
 from daemon.store import Applied, RunStore
+from daemon.store_leases import LeasedEffect, leased_effect
 from handlers.base import Outcome
 from machines.errors import HandlerError, NotReady
-from machines.messages import EffectSpec, Event
+from machines.messages import EffectSpec, Event, RunView
 
 
 @pytest.fixture
@@ -31,7 +32,13 @@ def make_runner(store, handlers, concurrency=None, **settings):
 
 def submit(runner, *effects: EffectSpec, run_id: str = "r1") -> None:
     claims = {e.effect_id: f"claim-{e.effect_id}" for e in effects}
-    runner.on_applied(Applied("applied", run_id, effects=list(effects), run_doc={"run_id": run_id}, claims=claims))
+    runner.on_applied(Applied("applied", run_id, effects=effects, run=RunView(run_id=run_id), claims=claims))
+
+
+def redrive(runner, effect_id: str, kind: str, attempts: int) -> None:
+    """An effect the sweep claimed again (its ``attempts``-th claim)."""
+    spec = EffectSpec(effect_id=effect_id, kind=kind, item="s")
+    runner._dispatcher.submit(RunView(run_id="r1"), LeasedEffect("r1", spec, "c", attempts))
 
 
 def wait_idle(runner, timeout: float = 5.0) -> None:
@@ -108,7 +115,7 @@ def test_the_last_attempt_fails_the_run_with_a_clear_error(store):
         raise RuntimeError("kaboom")
 
     runner, published = make_runner(store, {"build": broken})
-    runner._submit({"run_id": "r1"}, {"effect_id": "b", "kind": "build", "item": "s"}, attempts=MAX_ATTEMPTS, claim="c")
+    redrive(runner, "b", "build", MAX_ATTEMPTS)
     wait_idle(runner)
     [event] = published
     assert event.type == "build.failed"
@@ -229,8 +236,7 @@ def test_the_last_attempt_past_its_deadline_fails_the_run(store, gate):
     runner, published = make_runner(store, {"deploy": lambda ctx: gate.wait(10) and []},
                                     effect_lease_seconds=0.6, effect_deadline_seconds={"deploy": 0.2})
     runner.start()
-    runner._submit({"run_id": "r1"}, {"effect_id": "d", "kind": "deploy", "item": "s"}, attempts=MAX_ATTEMPTS,
-                   claim="c")
+    redrive(runner, "d", "deploy", MAX_ATTEMPTS)
     wait_until(lambda: published, what="the failure")
     [event] = published
     assert event.type == "deploy.failed" and "deadline" in event.data["error"]
@@ -366,9 +372,9 @@ def test_the_sweep_gives_up_an_effect_claimed_too_often(store):
     calls = []
     store.expired_effects.return_value = [{"run_id": "r1", "effect_id": "b"}]
     store.claim_effect.return_value = (
-        {"run_id": "r1", "effect_id": "b", "kind": "build", "item": "s", "claim": "c9",
-         "attempts": MAX_ATTEMPTS + 1, "last_error": "boom"},
-        {"run_id": "r1", "status": "running"},
+        leased_effect({"run_id": "r1", "effect_id": "b", "kind": "build", "item": "s", "claim": "c9",
+                       "attempts": MAX_ATTEMPTS + 1, "last_error": "boom"}),
+        RunView(run_id="r1", status="running"),
     )
     runner, published = make_runner(store, {"build": lambda ctx: calls.append(ctx) or []})
     assert runner.sweep() == 1

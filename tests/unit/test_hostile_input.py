@@ -34,7 +34,7 @@ from machines.architecture import (
 )
 from machines.errors import HandlerError, InvalidArchitecture, PodiumError
 from machines.hydration import hydrate
-from machines.messages import StartCommand
+from machines.messages import RunView, StartCommand
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata"
 ARCHITECTURE_YAML = (TESTDATA / "architecture.yaml").read_text()
@@ -127,7 +127,7 @@ def effect_ctx(root: Path, kind: str, item: str | None, state_dir: Path,
     arch = hydrate(load_architecture(arch_yaml))
     return EffectContext(
         run_id="hostile-1", effect_id=f"hostile-1:a0:{kind}:{item}", kind=kind, item=item, params={},
-        attempt=0, run={"run_id": "hostile-1", "architecture": arch.to_dict(), "source_root": str(root)},
+        attempt=0, run=RunView.model_validate({"run_id": "hostile-1", "architecture": arch.to_dict(), "source_root": str(root)}),
         settings=Settings(project="podium-test", state_dir=state_dir, source_root=root),
     )
 

@@ -17,88 +17,7 @@ from machines.hydration import (
     service_account_email,
     service_dir,
 )
-
-TESTDATA = Path(__file__).resolve().parents[2] / "testdata" / "architecture.yaml"
-
-RICH = """
-name: rich
-project_id: rich-project
-region: us-central1
-location: EU
-service_manager_spec:
-  name: sd
-  service_account: sd-account
-  deployment: {source_path: src, buildable_module_path: sd}
-  command_topic: {name: sd-commands, lookup: {key: command-topic-id, method: env}}
-  completion_topic: {name: sd-completions, lookup: {method: yaml}}
-dataflows:
-  ingest:
-    services:
-      writer:
-        service_account: writer-account
-        deployment:
-          source_path: src
-          buildable_module_path: writer
-          region: europe-west4
-          image_repo: custom
-          environment_vars: {PROJECT_ID: overridden, KEEP: me}
-          secret_environment_vars: [{name: API_KEY, value_from: api-key}]
-        dependencies: [reader, sd]
-      reader:
-        service_account: reader-account@other-project.iam.gserviceaccount.com
-        deployment: {source_path: src, buildable_module_path: reader, cpu: "2", memory: 1Gi}
-    resources:
-      topics:
-        - name: events.v1
-          producer_service: {name: writer, lookup: {method: env}}
-        - name: audit
-          producer_service: {name: writer, lookup: {key: AUDIT, method: env}}
-      subscriptions:
-        - name: events-sub
-          topic: events.v1
-          consumer_service: {name: reader, lookup: {method: env}}
-      gcs_buckets:
-        - name: rich-archive
-          producers: [{name: writer, lookup: {key: archive-bucket, method: yaml}}]
-          consumers: [{name: reader, lookup: {method: env}}]
-      bigquery_tables:
-        - name: facts
-          dataset: warehouse
-          producers: [{name: writer, lookup: {method: env}}]
-          consumers: [{name: reader, lookup: {key: FACTS, method: env}}]
-      firestore_collections:
-        - name: sessions
-          producers: [{name: writer, lookup: {method: env}}]
-          consumers: [{name: reader, lookup: {method: env}}]
-      cloud_scheduler_jobs:
-        - name: nightly
-          schedule: "0 3 * * *"
-          target_service: reader
-    lifecycle: {strategy: ephemeral}
-  report:
-    services:
-      reporter:
-        service_account: reporter-account
-        deployment: {source_path: src, buildable_module_path: reporter}
-    resources:
-      subscriptions:
-        - name: audit-sub
-          topic: audit
-          consumer_service: {name: reporter, lookup: {key: AUDIT_SUB, method: env}}
-      bigquery_tables:
-        - name: summary
-          dataset: warehouse
-"""
-
-
-@pytest.fixture
-def demo() -> Architecture:
-    return load_architecture(TESTDATA.read_text())
-
-
-@pytest.fixture
-def rich() -> Architecture:
-    return load_architecture(RICH)
+from tests.architectures import RICH, TESTDATA
 
 
 def env_of(arch: Architecture, service: str) -> dict[str, str]:
@@ -205,9 +124,12 @@ def test_explicit_deployment_values_win(rich: Architecture) -> None:
     writer = all_services(h)["writer"][1].deployment
     reader = all_services(h)["reader"][1].deployment
     assert writer is not None and reader is not None
-    assert (writer.region, writer.image_repo) == ("europe-west4", "custom")
-    assert writer.image == "europe-west4-docker.pkg.dev/rich-project/custom/writer"
-    assert (reader.cpu, reader.memory, reader.region) == ("2", "1Gi", "us-central1")
+    # each has some values of its own and gets the defaults for the rest
+    assert (writer.region, writer.image_repo) == ("us-central1", "custom")
+    assert writer.image == "us-central1-docker.pkg.dev/rich-project/custom/writer"
+    assert (writer.cpu, writer.memory) == ("1", "512Mi")
+    assert (reader.cpu, reader.memory, reader.region) == ("2", "1Gi", "europe-west4")
+    assert reader.image == "europe-west4-docker.pkg.dev/rich-project/podium/reader"
 
 
 def test_standard_env_vars(demo: Architecture) -> None:
@@ -236,12 +158,12 @@ def test_env_links_are_injected(rich: Architecture) -> None:
     writer = env_of(h, "writer")
     assert writer["EVENTS_V1_TOPIC_ID"] == "events.v1"  # '.' mapped to '_' too
     assert writer["AUDIT"] == "audit"  # lookup.key wins
-    assert writer["FACTS_WRITE_TABLE"] == "facts"
+    assert writer["ENV_ONLY_WRITE_TABLE"] == "env-only"
     assert writer["SESSIONS_WRITE_COLLECTION"] == "sessions"
     assert "RICH_ARCHIVE_WRITE_BUCKET" not in writer  # yaml link: resources.yaml, not env
     reader = env_of(h, "reader")
     assert reader["EVENTS_SUB_SUB_ID"] == "events-sub"
-    assert reader["RICH_ARCHIVE_READ_BUCKET"] == "rich-archive"
+    assert reader["RICH_EXPORTS_READ_BUCKET"] == "rich-exports"
     assert reader["FACTS"] == "facts"
     assert reader["SESSIONS_READ_COLLECTION"] == "sessions"
     # a link across dataflows works too
@@ -322,7 +244,7 @@ def test_service_account_ids_stay_ids(demo: Architecture) -> None:
 def test_datasets_from_table_refs_and_scheduler_accounts(rich: Architecture) -> None:
     h = hydrate(rich)
     datasets = [(d.name, d.location) for d in h.dataflows["ingest"].resources.bigquery_datasets]
-    assert datasets == [("warehouse", "EU")]
+    assert datasets == [("warehouse", "US"), ("other", "EU")]  # declared, then from env-only
     assert h.dataflows["report"].resources.bigquery_datasets == ()  # declared once only
     (job,) = h.dataflows["ingest"].resources.cloud_scheduler_jobs
     assert job.service_account == "nightly-sa"

@@ -2,86 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from machines.architecture import Architecture, load_architecture
 from machines.hydration import hydrate
 from machines.iam_plan import IamBinding, IamPlan, plan_iam
-
-TESTDATA = Path(__file__).resolve().parents[2] / "testdata" / "architecture.yaml"
-
-RICH = """
-name: rich
-project_id: rich-project
-region: us-central1
-service_manager_spec:
-  name: sd
-  service_account: sd-account
-  deployment: {source_path: src, buildable_module_path: sd}
-  command_topic: {name: sd-commands, lookup: {key: command-topic-id}}
-  completion_topic: {name: sd-completions, lookup: {key: completion-topic-id}}
-dataflows:
-  ingest:
-    services:
-      writer:
-        service_account: writer-account
-        deployment:
-          source_path: src
-          buildable_module_path: writer
-          secret_environment_vars: [{name: API_KEY, value_from: api-key}]
-        dependencies: [reader]
-      reader:
-        service_account: reader@other-project.iam.gserviceaccount.com
-        deployment: {source_path: src, buildable_module_path: reader, region: europe-west4}
-    resources:
-      topics:
-        - name: events
-          producer_service: {name: writer, lookup: {method: env}}
-          iam_access_policy:
-            - {name: reader, role: roles/pubsub.viewer}
-            - {name: auditor-account, role: roles/pubsub.subscriber, type: service-account}
-      subscriptions:
-        - name: events-sub
-          topic: events
-          consumer_service: {name: reader}
-      gcs_buckets:
-        - name: rich-archive
-          producers: [{name: writer}]
-          consumers: [{name: reader}]
-      bigquery_tables:
-        - name: facts
-          dataset: warehouse
-          producers: [{name: writer}]
-          consumers: [{name: reader}]
-      firestore_databases:
-        - name: state
-          producers: [{name: writer}]
-          consumers: [{name: reader}]
-      firestore_collections:
-        - name: sessions
-          database: state
-          producers: [{name: reader}]
-      cloud_scheduler_jobs:
-        - {name: nightly, schedule: "0 3 * * *", target_service: reader}
-"""
+from tests.architectures import RICH
 
 PROJECT = "podium-local"
+READER = "reader-account@other-project.iam.gserviceaccount.com"  # RICH's account in another project
 
 
 def email(account: str, project: str = PROJECT) -> str:
     return f"{account}@{project}.iam.gserviceaccount.com"
-
-
-@pytest.fixture
-def demo() -> Architecture:
-    return load_architecture(TESTDATA.read_text())
-
-
-@pytest.fixture
-def rich() -> Architecture:
-    return load_architecture(RICH)
 
 
 def find(plan: IamPlan, member: str, resource_type: str, resource_id: str) -> dict[str, IamBinding]:
@@ -137,7 +68,7 @@ def test_reasons_are_sentences(demo: Architecture) -> None:
 def test_role_table(rich: Architecture) -> None:
     plan = plan_iam(rich)
     p = "rich-project"
-    writer, reader = email("writer-account", p), "reader@other-project.iam.gserviceaccount.com"
+    writer, reader = email("writer-account", p), READER
     assert set(find(plan, writer, "gcs_bucket", "rich-archive")) == {"roles/storage.objectAdmin"}
     assert set(find(plan, reader, "gcs_bucket", "rich-archive")) == {"roles/storage.objectViewer"}
     assert set(find(plan, writer, "bigquery_table", "warehouse:facts")) == {
@@ -157,7 +88,7 @@ def test_role_table(rich: Architecture) -> None:
     )
     assert all(b.phase == "project" for b in plan.bindings if b.resource_type == "project")
     # producer with an env lookup still gets its roles (IAM does not depend on the lookup method)
-    assert set(find(plan, writer, "pubsub_topic", "events")) == {
+    assert set(find(plan, writer, "pubsub_topic", "events.v1")) == {
         "roles/pubsub.publisher",
         "roles/pubsub.viewer",
     }
@@ -191,10 +122,9 @@ def test_scheduler_jobs_get_an_account_and_invoker(rich: Architecture) -> None:
 
 def test_iam_access_policy(rich: Architecture) -> None:
     plan = plan_iam(rich)
-    reader = "reader@other-project.iam.gserviceaccount.com"
-    viewer = find(plan, reader, "pubsub_topic", "events")["roles/pubsub.viewer"]
+    viewer = find(plan, READER, "pubsub_topic", "events.v1")["roles/pubsub.viewer"]
     assert "iam_access_policy" in viewer.reason
-    auditor = find(plan, email("auditor-account", "rich-project"), "pubsub_topic", "events")
+    auditor = find(plan, email("auditor-account", "rich-project"), "pubsub_topic", "events.v1")
     assert set(auditor) == {"roles/pubsub.subscriber"}
 
 

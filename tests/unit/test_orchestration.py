@@ -6,11 +6,13 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
+from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from machines import orchestration
 from machines.messages import (
@@ -190,7 +192,7 @@ def expect_move(
         to_state,
         to_state,
     )
-    assert decision.effects == effects
+    assert list(decision.effects) == effects
     if timer is None:
         assert decision.run.timer is None
         assert decision.run.wake_at is None
@@ -205,7 +207,7 @@ def expect_recorded(decision: Decision, before: RunState) -> None:
     """An applied decision that only recorded progress: same state, no effects, same timer."""
     assert decision.outcome == "applied", decision.detail
     assert decision.from_state == decision.to_state == decision.run.state == before.state
-    assert decision.effects == []
+    assert decision.effects == ()
     assert decision.run.timer == before.timer
     assert decision.run.wake_at == before.wake_at
     assert decision.detail == f"recorded in '{before.state}'"
@@ -214,7 +216,7 @@ def expect_recorded(decision: Decision, before: RunState) -> None:
 def expect_ignored(decision: Decision, before: RunState, why: str) -> None:
     assert decision.outcome == "ignored"
     assert decision.from_state == decision.to_state == before.state
-    assert decision.effects == []
+    assert decision.effects == ()
     assert why in decision.detail, decision.detail
     assert decision.run == before
 
@@ -253,7 +255,7 @@ def test_happy_path_every_transition_with_its_effects_and_timer() -> None:
         "provisioning_iam",
         [fx("iam.provision:accounts:a0", "iam.provision", "accounts")]
         + [fx(f"build:{s}:a0", "build", s) for s in ("director", "publisher", "subscriber")],
-        ("timeout", DEFAULT_LIMITS["state_timeout"]),
+        ("timeout", DEFAULT_LIMITS["state_timeout"].total_seconds()),
     )
     assert d.run.progress["iam"] == {"accounts": "pending", "accounts_verified": "pending"}
     assert d.run.progress["build"] == dict.fromkeys(PLAN["all_services"], "pending")
@@ -272,7 +274,7 @@ def test_happy_path_every_transition_with_its_effects_and_timer() -> None:
     assert d.run.progress["iam"]["accounts"] == "succeeded"
 
     d = apply(d.run, ev("iam.verified", "accounts"))
-    expect_move(d, "verifying_iam", "building", [], ("timeout", DEFAULT_LIMITS["state_timeout"]))
+    expect_move(d, "verifying_iam", "building", [], ("timeout", DEFAULT_LIMITS["state_timeout"].total_seconds()))
     assert d.run.progress["iam"]["accounts_verified"] == "succeeded"
 
     for name in ("director", "publisher"):
@@ -340,7 +342,7 @@ def test_happy_path_every_transition_with_its_effects_and_timer() -> None:
         "provisioning_dataflows",
         "verifying_dataflow_iam",
         [fx("iam.bind:resources:a0", "iam.bind", "resources")],
-        ("timeout", DEFAULT_LIMITS["state_timeout"]),
+        ("timeout", DEFAULT_LIMITS["state_timeout"].total_seconds()),
     )
 
     # bindings_applied is internal: same state, but it starts the IAM poll (effect + timer).
@@ -491,7 +493,7 @@ def test_join_iam_verified_first_waits_in_building_for_the_last_build() -> None:
     run = run_at("provisioning_iam")
     run, _ = drive(run, ev("iam.accounts_created"), ev("build.succeeded", "publisher"))
     d = apply(run, ev("iam.verified", "accounts"))
-    expect_move(d, "verifying_iam", "building", [], ("timeout", DEFAULT_LIMITS["state_timeout"]))
+    expect_move(d, "verifying_iam", "building", [], ("timeout", DEFAULT_LIMITS["state_timeout"].total_seconds()))
 
     d = apply(d.run, ev("build.succeeded", "director"))
     assert d.to_state == "building"
@@ -695,7 +697,7 @@ def test_iam_poll_backs_off_exponentially_up_to_the_cap_then_fails_on_budget() -
         assert d.outcome == "applied"
         run = d.run
         if run.state == "failed":
-            assert d.effects == []
+            assert d.effects == ()
             break
         assert run.state == "verifying_iam"
         assert run.timer.purpose == "iam.accounts"
@@ -764,10 +766,10 @@ def test_director_is_pinged_until_its_budget_then_the_run_fails() -> None:
         d = fire(run, now)
         run = d.run
         if run.state != "awaiting_director":
-            assert d.effects == []
+            assert d.effects == ()
             break
         n = run.timer.attempt
-        assert d.effects == [
+        assert list(d.effects) == [
             fx(
                 f"director.command:ping:a0:p{n}",
                 "director.command",
@@ -972,7 +974,7 @@ def test_retry_redrives_the_failed_state_with_only_unfinished_items(
     assert d.run.attempt == 1
     assert d.run.error is None
     assert d.run.status == "running"
-    assert d.effects == effects
+    assert list(d.effects) == effects
     assert d.run.timer is not None and d.run.wake_at is not None
     assert not any(s == "failed" for phase in d.run.progress.values() for s in phase.values())
     # and the retried run can still finish
@@ -1137,15 +1139,16 @@ def test_decide_never_raises_and_never_mutates_its_input() -> None:
                 for data in ({}, {"seq": run.timer_seq}, {"error": "e", "image": "i", "url": "u"}):
                     d = decide(run, ev(type_, item, **data), NOW)
                     assert d.outcome in ("applied", "ignored")
-                    assert d.run is not run
-                    if d.outcome == "ignored":
+                    if d.outcome == "ignored":  # the frozen snapshot itself: nothing to copy
                         assert d.detail
-                        assert d.effects == []
-                        assert d.run == run
+                        assert d.effects == ()
+                        assert d.run is run
+                    else:
+                        assert d.run is not run
         assert run.model_dump() == snapshot
 
 
-def test_decide_copies_deeply() -> None:
+def test_decide_copies_what_it_changes_and_shares_what_never_changes() -> None:
     run = run_at("preflight")
     snapshot = run.model_dump()
     d = apply(run, ev("preflight.passed", "director"))
@@ -1153,7 +1156,17 @@ def test_decide_copies_deeply() -> None:
     assert run.progress["preflight"]["director"] == "pending"
     assert d.run.progress is not run.progress
     assert d.run.progress["preflight"] is not run.progress["preflight"]
-    assert d.run.plan is not run.plan
+    assert d.run.outputs is not run.outputs
+    assert d.run.plan is run.plan  # fixed at start: shared, not copied
+
+
+def test_run_records_are_frozen() -> None:
+    run = run_at("preflight")
+    with pytest.raises(ValidationError):
+        run.state = "failed"  # type: ignore[misc]
+    d = apply(run, ev("preflight.passed", "director"))
+    with pytest.raises(FrozenInstanceError):
+        d.outcome = "ignored"  # type: ignore[misc]
 
 
 def test_decide_bumps_the_version_once_per_applied_transition() -> None:
@@ -1190,7 +1203,7 @@ def test_no_dataflows_skips_to_dataflow_iam() -> None:
         "awaiting_director",
         "verifying_dataflow_iam",
         [fx("iam.bind:resources:a0", "iam.bind", "resources")],
-        ("timeout", DEFAULT_LIMITS["state_timeout"]),
+        ("timeout", DEFAULT_LIMITS["state_timeout"].total_seconds()),
     )
 
 
@@ -1215,7 +1228,7 @@ def test_no_services_to_preflight_or_build_skips_both_fan_ins() -> None:
         "generating_config",
         "provisioning_iam",
         [fx("iam.provision:accounts:a0", "iam.provision", "accounts")],
-        ("timeout", DEFAULT_LIMITS["state_timeout"]),
+        ("timeout", DEFAULT_LIMITS["state_timeout"].total_seconds()),
     )
     run = apply(d.run, ev("iam.accounts_created")).run
     d = apply(run, ev("iam.verified", "accounts"))

@@ -3,6 +3,8 @@ the handlers' outcome tables all derive from it (issue 11 point 1)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from handlers.base import FAILURE_EVENT, SUCCESS_EVENTS
 from machines import orchestration
 from machines.messages import EVENT_TYPES
@@ -47,7 +49,7 @@ def test_every_move_join_failure_and_retry_of_the_table_is_an_edge() -> None:
 
 def test_timeouts_and_joins_come_from_the_table() -> None:
     for state, seconds in STATE_TIMEOUTS.items():
-        assert orchestration.DEFAULT_LIMITS[f"timeout_{state}"] == seconds
+        assert orchestration.DEFAULT_LIMITS[f"timeout_{state}"] == timedelta(seconds=seconds)
     assert set(FAN_IN) == {p.state for p in PHASES if p.fan_in}
 
 

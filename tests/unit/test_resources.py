@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,89 +10,7 @@ import yaml
 from machines.architecture import Architecture, load_architecture
 from machines.hydration import hydrate
 from machines.resources import lookup_map, render_resources_yaml, resources_for_service
-
-TESTDATA = Path(__file__).resolve().parents[2] / "testdata" / "architecture.yaml"
-
-RICH = """
-name: rich
-project_id: rich-project
-region: us-central1
-service_manager_spec:
-  name: sd
-  service_account: sd-account
-  deployment: {source_path: src, buildable_module_path: sd}
-  command_topic: {name: sd-commands, lookup: {key: command-topic-id, method: yaml}}
-  completion_topic: {name: sd-completions, lookup: {key: completion-topic-id}}
-dataflows:
-  ingest:
-    services:
-      writer:
-        service_account: writer-account
-        deployment: {source_path: src, buildable_module_path: writer}
-      reader:
-        service_account: reader-account
-        deployment: {source_path: src, buildable_module_path: reader}
-    resources:
-      topics:
-        - name: z-events
-          producer_service: {name: writer, lookup: {key: z-topic}}
-        - name: a-events
-          producer_service: {name: writer, lookup: {key: a-topic, method: yaml}}
-        - name: env-events
-          producer_service: {name: writer, lookup: {method: env}}
-        - name: db-events
-          producer_service: {name: writer, lookup: {key: db-topic, method: db}}
-      subscriptions:
-        - name: a-events-sub
-          topic: a-events
-          consumer_service: {name: reader, lookup: {key: a-sub}}
-      gcs_buckets:
-        - name: rich-archive
-          storage_class: STANDARD
-          producers: [{name: writer, lookup: {key: archive-bucket, method: yaml}}]
-          consumers: [{name: reader, lookup: {key: archive-read}}]
-      bigquery_datasets:
-        - {name: warehouse, location: EU, description: facts}
-      bigquery_tables:
-        - name: facts
-          dataset: warehouse
-          producers: [{name: writer, lookup: {key: facts-table}}]
-        - name: alpha
-          dataset: warehouse
-          consumers: [{name: writer, lookup: {key: alpha-table}}]
-        - name: env-only
-          dataset: other
-          producers: [{name: writer, lookup: {method: env}}]
-      firestore_databases:
-        - name: state
-          producers: [{name: writer, lookup: {key: state-db}}]
-      firestore_collections:
-        - name: sessions
-          database: state
-          consumers: [{name: reader, lookup: {key: sessions-coll}}]
-      cloud_scheduler_jobs:
-        - {name: nightly, schedule: "0 3 * * *", target_service: reader}
-  report:
-    services:
-      reporter:
-        service_account: reporter-account
-        deployment: {source_path: src, buildable_module_path: reporter}
-    resources:
-      subscriptions:
-        - name: z-events-sub
-          topic: z-events
-          consumer_service: {name: reporter, lookup: {key: z-sub}}
-"""
-
-
-@pytest.fixture
-def demo() -> Architecture:
-    return load_architecture(TESTDATA.read_text())
-
-
-@pytest.fixture
-def rich() -> Architecture:
-    return load_architecture(RICH)
+from tests.architectures import RICH
 
 
 def names(resources: dict[str, Any], kind: str) -> list[str]:
@@ -156,7 +73,7 @@ def test_resource_io_and_datasets(rich: Architecture) -> None:
     assert names(res, "gcs_buckets") == ["rich-archive"]
     assert names(res, "bigquery_tables") == ["alpha", "facts"]  # env-only table left out
     assert res["bigquery_datasets"] == [
-        {"name": "warehouse", "location": "EU", "description": "facts"}
+        {"name": "warehouse", "location": "US", "description": "facts"}
     ]
     assert names(res, "firestore_databases") == ["state"]
     assert "firestore_collections" not in res
