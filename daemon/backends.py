@@ -26,7 +26,7 @@ def _table(iam_backend: IamBackend, build: Handler, deploy: Handler) -> dict[str
         "iam.verify": partial(iam.verify, backend=iam_backend),
         "iam.bind": partial(iam.bind, backend=iam_backend),
         "build": build,
-        "deploy": deploy,
+        "deploy": partial(iam.deploy_then_grant_invokers, backend=iam_backend, deploy=deploy),
         "director.command": director.send,
     }
 
@@ -41,10 +41,11 @@ def handlers_for(settings: Settings) -> Mapping[str, Handler]:
 
         return _table(LocalIam(settings), build_local, deploy_local)
     from handlers.deploy.gcp import deploy_gcp
+    from handlers.gcp_clients import clients_for
     from handlers.iam.gcp import GcpIam
     from handlers.image_builds.gcp import build_gcp
 
-    return _table(GcpIam(project=settings.project), build_gcp, deploy_gcp)
+    return _table(GcpIam(settings.project, clients=clients_for(settings)), build_gcp, deploy_gcp)
 
 
 def concurrency_for(settings: Settings) -> dict[str, int]:

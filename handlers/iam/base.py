@@ -41,6 +41,11 @@ class IamBackend(Protocol):
         """Whether the resource's policy now holds the member in the role (one check)."""
         ...
 
+    def in_project(self, project: str) -> IamBackend:
+        """This backend for one run: resources named by id alone live in the architecture's
+        ``project`` (which need not be the daemon's own)."""
+        ...
+
 
 def resource_name(binding: IamBinding, project: str) -> str:
     """The full resource name of a binding's target, as the Google APIs spell it.

@@ -12,9 +12,9 @@ are left alone, so a re-run (a redriven effect, a ``retry`` command) creates not
   budget runs out (DESIGN.md §7 rule 3). A transient API error during a check counts as "not
   yet" for the same reason; a permission problem fails the run at once.
 * ``bind``: the ``resource``-phase bindings, except ``run.invoker`` on Cloud Run services other
-  than the director: those services are deployed later (``deploying_services``), so the deploy
-  handler applies ``invoker_bindings_for(plan, service)`` right after deploying each one (the
-  anchor applied them before the services existed).
+  than the director: those services are deployed later (``deploying_services``), so
+  ``deploy_then_grant_invokers`` applies ``invoker_bindings_for(plan, service)`` right after
+  each one is up (the anchor applied them before the services existed).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import structlog
 
-from handlers.base import EffectContext, Outcome
+from handlers.base import EffectContext, Handler, Outcome
 from handlers.iam.base import IamBackend, describe
 from machines.errors import HandlerError, NotReady
 from machines.iam_plan import IamBinding, IamPlan, plan_iam
@@ -34,6 +34,7 @@ from machines.iam_plan import IamBinding, IamPlan, plan_iam
 __all__ = [
     "apply_bindings",
     "bind",
+    "deploy_then_grant_invokers",
     "bindings_to_apply",
     "invoker_bindings_for",
     "provision",
@@ -49,6 +50,7 @@ R = TypeVar("R")
 
 # ---- the effects ----------------------------------------------------------------------------
 def provision(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
+    backend = backend.in_project(ctx.architecture.project_id)
     plan = plan_iam(ctx.architecture)
     unique = {a.email: a for a in plan.service_accounts}  # several services may share one account
     emails = dict(
@@ -68,6 +70,7 @@ def provision(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
 
 
 def verify(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
+    backend = backend.in_project(ctx.architecture.project_id)
     plan = plan_iam(ctx.architecture)
     checks: list[tuple[str, Callable[[], bool]]]
     if ctx.item == "accounts":
@@ -98,6 +101,7 @@ def verify(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
 
 
 def bind(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
+    backend = backend.in_project(ctx.architecture.project_id)
     plan = plan_iam(ctx.architecture)
     now, deferred = bindings_to_apply(plan, ctx.architecture.service_manager_spec.name)
     apply_bindings(backend, now)
@@ -107,6 +111,21 @@ def bind(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
             "iam.bindings_applied", "resources", {"applied": len(now), "deferred": len(deferred)}
         )
     ]
+
+
+def deploy_then_grant_invokers(ctx: EffectContext, backend: IamBackend, deploy: Handler) -> Sequence[Outcome]:
+    """The ``deploy`` effect: deploy, and once the service is up grant ``run.invoker`` on it to
+    its dependants and scheduler jobs (it did not exist before). A failed grant fails the effect,
+    which redoes both: the deploy finds its revision ready, the grants find themselves in place."""
+    outcomes = deploy(ctx)
+    if ctx.item and any(o.type == "deploy.succeeded" for o in outcomes):
+        granted = apply_bindings(
+            backend.in_project(ctx.architecture.project_id),
+            invoker_bindings_for(plan_iam(ctx.architecture), ctx.item),
+        )
+        if granted:
+            log.info("run.invoker granted", service=ctx.item, bindings=granted)
+    return outcomes
 
 
 # ---- helpers the deploy handler uses too -------------------------------------------------------

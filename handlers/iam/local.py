@@ -111,6 +111,9 @@ class LocalIam:
             binding_doc_id(binding, self.project), f"reading the binding {describe(binding)}"
         )
 
+    def in_project(self, project: str) -> LocalIam:
+        return self  # one local ledger per daemon: its records keep the daemon's project
+
     # ---- internals --------------------------------------------------------------------------
     def _create(self, doc_id: str, fields: dict[str, Any], what: str) -> bool:
         """Create the document; False if it already existed (its first ``created_at`` stays)."""

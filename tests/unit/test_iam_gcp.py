@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
-from google.cloud import iam_admin_v1, resourcemanager_v3, run_v2
+from google.cloud import iam_admin_v1, resourcemanager_v3, run_v2, secretmanager_v1
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.type import expr_pb2
 from pytest_mock import MockerFixture
 
 from daemon.config import Settings
-from handlers.base import EffectContext
+from handlers.base import EffectContext, Outcome
 from handlers.iam import effects
 from handlers.iam.effects import bindings_to_apply, invoker_bindings_for
 from handlers.iam.gcp import GcpIam
@@ -88,6 +88,7 @@ class Clients:
     publisher: Any
     subscriber: Any
     run: Any
+    secrets: Any
     store: PolicyStore
 
     def backend(self, **kw: Any) -> GcpIam:
@@ -98,11 +99,12 @@ class Clients:
             publisher=self.publisher,
             subscriber=self.subscriber,
             run_client=self.run,
+            secrets_client=self.secrets,
             **kw,
         )
 
     def policy_clients(self) -> list[Any]:
-        return [self.projects, self.publisher, self.subscriber, self.run]
+        return [self.projects, self.publisher, self.subscriber, self.run, self.secrets]
 
 
 @pytest.fixture
@@ -114,6 +116,7 @@ def clients(mocker: MockerFixture) -> Iterator[Clients]:
         publisher=mocker.create_autospec(PublisherClient, instance=True),
         subscriber=mocker.create_autospec(SubscriberClient, instance=True),
         run=mocker.create_autospec(run_v2.ServicesClient, instance=True),
+        secrets=mocker.create_autospec(secretmanager_v1.SecretManagerServiceClient, instance=True),
         store=store,
     )
     for client in c.policy_clients():
@@ -448,9 +451,14 @@ def test_bind_applies_resource_bindings_on_each_resources_policy(
 
 
 def test_invokers_on_app_services_wait_for_their_deploy(clients: Clients) -> None:
-    # In this project (the backend's), and without BigQuery tables: the buckets' bindings are
-    # then the only resource bindings the gcp backend cannot apply, the first on rich-archive.
-    arch = rich_architecture(project_id=PROJECT, dataflows__ingest__resources__bigquery_tables=[])
+    # In this project (the backend's), without buckets and BigQuery tables (their JSON APIs are
+    # tested against their fakes in test_iam_gcp_fakes.py).
+    arch = rich_architecture(
+        project_id=PROJECT,
+        dataflows__ingest__resources__bigquery_tables=[],
+        dataflows__ingest__resources__gcs_buckets=[],
+        dataflows__report__resources__bigquery_tables=[],
+    )
     plan = plan_iam(arch)
     now, deferred = bindings_to_apply(plan, "sd")
     reader_run = {(b.member_sa, b.role) for b in invoker_bindings_for(plan, "reader")}
@@ -462,25 +470,23 @@ def test_invokers_on_app_services_wait_for_their_deploy(clients: Clients) -> Non
     assert [b.resource_id for b in now if b.resource_type == "cloudrun_service"] == ["sd"]
 
     backend = clients.backend()
-    with pytest.raises(HandlerError) as err:  # the bucket binding: not supported yet
-        effects.bind(make_ctx(arch, "iam.bind", "resources"), backend)
-    assert err.value.retryable is False
-    assert "not supported" in err.value.message and "rich-archive" in err.value.message
+    effects.bind(make_ctx(arch, "iam.bind", "resources"), backend)
+    run_name = f"{PROJECT_NAME}/locations/europe-west4/services/reader"
+    assert run_name not in clients.store.policies  # bind leaves the reader's invokers to its deploy
 
     effects.apply_bindings(backend, invoker_bindings_for(plan, "reader"))
-    run_name = f"{PROJECT_NAME}/locations/europe-west4/services/reader"
     assert sorted(clients.store.members(run_name, "roles/run.invoker")) == [
         f"serviceAccount:{email('nightly-sa')}",
         f"serviceAccount:{email('writer-account')}",
     ]
 
 
-def test_scheduler_accounts_are_created_and_secrets_are_not_supported(clients: Clients) -> None:
+def test_scheduler_accounts_are_created_and_secret_accessors_granted(clients: Clients) -> None:
     arch = rich_architecture(project_id=PROJECT)
-    with pytest.raises(HandlerError) as err:
-        effects.provision(make_ctx(arch, "iam.provision", "accounts"), clients.backend())
-    assert err.value.retryable is False
-    assert "not supported" in err.value.message and "api-key" in err.value.message
+    effects.provision(make_ctx(arch, "iam.provision", "accounts"), clients.backend())
+    assert clients.store.members(f"{PROJECT_NAME}/secrets/api-key", "roles/secretmanager.secretAccessor") == [
+        f"serviceAccount:{email('writer-account')}"
+    ]
     ids = {r.account_id for r in requests(clients.iam.create_service_account)}
     assert ids == {
         "sd-account",
@@ -554,3 +560,38 @@ def test_clients_are_created_lazily(mocker: MockerFixture) -> None:
     backend.account_visible(PUBLISHER)
     backend.account_visible(DIRECTOR)
     factory.assert_called_once_with()
+
+
+def test_resources_are_named_in_the_architectures_project_not_the_daemons(clients: Clients) -> None:
+    arch = rich_architecture(project_id="tenant-project")
+    backend = clients.backend()  # the daemon's project is PROJECT
+    effects.provision(make_ctx(arch, "iam.provision", "accounts"), backend)
+    assert "projects/tenant-project/secrets/api-key" in clients.store.policies
+    assert not any(name.startswith(f"{PROJECT_NAME}/") for name in clients.store.policies)
+    assert backend.project == PROJECT  # the run's scope did not leak into the shared backend
+
+
+def test_the_deploy_effect_grants_run_invoker_once_the_service_is_up(clients: Clients) -> None:
+    arch = rich_architecture(project_id=PROJECT)
+    backend = clients.backend()
+    run_name = f"{PROJECT_NAME}/locations/europe-west4/services/reader"
+    ctx = make_ctx(arch, "deploy", "reader")
+
+    def not_ready(_: EffectContext) -> list[Outcome]:
+        raise NotReady("rolling out", retry_after=5)
+
+    with pytest.raises(NotReady):
+        effects.deploy_then_grant_invokers(ctx, backend, not_ready)
+    assert run_name not in clients.store.policies  # not up yet: nothing granted
+
+    def up(c: EffectContext) -> list[Outcome]:
+        return [Outcome("deploy.succeeded", c.item, {"url": "https://reader"})]
+
+    for _ in range(2):  # a redriven effect grants nothing twice
+        (out,) = effects.deploy_then_grant_invokers(ctx, backend, up)
+        assert out.type == "deploy.succeeded"
+    assert sorted(clients.store.members(run_name, "roles/run.invoker")) == [
+        f"serviceAccount:{email('nightly-sa')}",
+        f"serviceAccount:{email('writer-account')}",
+    ]
+    assert clients.store.writes == 2  # one per binding, none when redone
