@@ -58,6 +58,7 @@ class Settings(BaseSettings):
 
     # gcp mode: point APIs at loopback fakes (handlers/gcp_clients.py), e.g. "run=127.0.0.1:7001".
     gcp_endpoints: str = ""
+    build_service_account: str = ""  # gcp builds run as this account; default podium-builder@<project>
 
     @field_validator("gcp_endpoints")
     @classmethod

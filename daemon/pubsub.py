@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1  # no py.typed: imported as a module, mypy reads it as Any
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
 from google.protobuf import duration_pb2
 
 from daemon.config import Settings

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1  # no py.typed: imported as a module, mypy reads it as Any
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
 
 from handlers.base import EffectContext, Outcome
 from handlers.google_errors import api_error

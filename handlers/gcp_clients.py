@@ -14,6 +14,7 @@ none), ``storage`` and ``bigquery`` (JSON APIs: ``http://host:port``).
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import threading
 from collections.abc import Callable, Mapping
@@ -31,11 +32,10 @@ INSTALL_HINT = "pip install 'podium[gcp]'"
 
 
 def _gapic(module: str, name: str) -> Callable[[str | None, str], Any]:
-    """A maker for a GAPIC (gRPC) client class ``module.name``."""
+    """A maker for a GAPIC (gRPC) client class ``module.name`` (imported by name: the gcp extra
+    is optional, and a missing package must be an ImportError even once its neighbours loaded)."""
 
     def make(endpoint: str | None, project: str) -> Any:
-        import importlib
-
         cls = getattr(importlib.import_module(module), name)
         if endpoint is None:
             return cls()
@@ -51,8 +51,7 @@ def _gapic(module: str, name: str) -> Callable[[str | None, str], Any]:
 
 
 def _storage(endpoint: str | None, project: str) -> Any:
-    from google.cloud import storage  # type: ignore[attr-defined,unused-ignore]
-
+    storage: Any = importlib.import_module("google.cloud.storage")
     if endpoint is None:
         return storage.Client(project=project)
     from google.auth.credentials import AnonymousCredentials
@@ -65,8 +64,7 @@ def _storage(endpoint: str | None, project: str) -> Any:
 
 
 def _bigquery(endpoint: str | None, project: str) -> Any:
-    from google.cloud import bigquery  # type: ignore[attr-defined,unused-ignore]
-
+    bigquery: Any = importlib.import_module("google.cloud.bigquery")
     if endpoint is None:
         return bigquery.Client(project=project)
     from google.auth.credentials import AnonymousCredentials
@@ -94,6 +92,10 @@ _MAKERS: dict[str, Callable[[str | None, str], Any]] = {
     "bigquery": _bigquery,
 }
 API_NAMES = frozenset(_MAKERS)
+_PACKAGES = {"iam": "google-cloud-iam", "projects": "google-cloud-resource-manager", "run": "google-cloud-run",
+             "cloudbuild": "google-cloud-build", "artifactregistry": "google-cloud-artifact-registry",
+             "secretmanager": "google-cloud-secret-manager", "pubsub": "google-cloud-pubsub",
+             "storage": "google-cloud-storage", "bigquery": "google-cloud-bigquery"}
 
 
 def parse_endpoints(raw: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -146,7 +148,7 @@ class GcpClients:
                     self._made[api] = _MAKERS[api](self.endpoints.get(api), self.project)
                 except ImportError as exc:
                     raise HandlerError(
-                        f"the gcp backend needs the client library for {api}: {INSTALL_HINT}", retryable=False
+                        f"the gcp backend needs {_PACKAGES[api]}: {INSTALL_HINT}", retryable=False
                     ) from exc
                 except Exception as exc:  # noqa: BLE001 - credentials, transport: classified
                     raise api_error(exc, f"creating the {api} client") from exc

@@ -16,26 +16,34 @@
    ``Dockerfile``, Google's buildpacks (``pack build --path <module>``) otherwise; ``images`` =
    the hydrated image path tagged with the first 12 hex digits of the source digest (no uuid);
    tags ``podium``/``run-``/``svc-``/``effect-`` plus the exact ids as substitutions
-   (``ALLOW_LOOSE``, since no step references them); ``CLOUD_LOGGING_ONLY``; 1200 s timeout.
+   (``ALLOW_LOOSE``, since no step references them); ``CLOUD_LOGGING_ONLY``; 1200 s timeout;
+   ``service_account`` = the build account (``PODIUM_BUILD_SERVICE_ACCOUNT``, by default
+   ``podium-builder@<project>``: never the project's default accounts, whose roles are broad).
    It returns ``[]`` without waiting on the operation.
 
+Before the first build to an Artifact Registry image path, the repository is created if it is
+missing (Cloud Build does not create it, and the push would fail): ``NotReady`` while it is
+being created, so the effect comes back through its lease rather than holding a thread.
+
 ``<project>`` is the daemon's project (``PODIUM_PROJECT``): the build's notifications reach the
-``cloud-builds`` topic of that project, which the daemon consumes. Concurrency is capped by the
-effect runner (``PODIUM_BUILD_CONCURRENCY``), which the Go anchor lacked.
+``cloud-builds`` topic of that project, which the daemon consumes; images go to the
+architecture's project. Concurrency is capped by the effect runner (``PODIUM_BUILD_CONCURRENCY``),
+which the Go anchor lacked.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
 from handlers.base import EffectContext, Outcome
+from handlers.gcp_clients import clients_for
 from handlers.google_errors import api_error
 from handlers.image_builds.sources import resolve_service, source_entries, write_source_tarball
 from machines.cloud_builds import (
@@ -48,7 +56,7 @@ from machines.cloud_builds import (
     event_from_cloud_build,
     status_name,
 )
-from machines.errors import HandlerError, PodiumError
+from machines.errors import HandlerError, NotReady, PodiumError
 from machines.hydration import image_base
 
 if TYPE_CHECKING:
@@ -63,6 +71,8 @@ __all__ = [
     "PACK_STEP",
     "build_gcp",
     "build_request",
+    "build_service_account",
+    "ensure_repository",
     "image_for",
     "module_path",
     "source_bucket",
@@ -74,7 +84,8 @@ DOCKER_STEP = "gcr.io/cloud-builders/docker"
 PACK_STEP = "gcr.io/k8s-skaffold/pack"
 BUILDPACKS_BUILDER = "gcr.io/buildpacks/builder:latest"
 BUILD_TIMEOUT_SECONDS = 1200
-INSTALL_HINT = "pip install 'podium[gcp]'"
+REPOSITORY_RECHECK_SECONDS = 2.0
+_REGISTRY_IMAGE = re.compile(r"^(?P<location>[a-z0-9-]+)-docker\.pkg\.dev/(?P<project>[^/]+)/(?P<repo>[^/]+)/")
 
 
 def source_bucket(project: str) -> str:
@@ -119,6 +130,7 @@ def build_request(
     run_id: str,
     effect_id: str,
     service: str,
+    service_account: str = "",
 ) -> Build:
     """The ``Build`` that ``create_build`` is given (pure apart from the import)."""
     from google.cloud.devtools import cloudbuild_v1 as cb
@@ -146,7 +158,14 @@ def build_request(
             substitution_option=cb.BuildOptions.SubstitutionOption.ALLOW_LOOSE,
         ),
         timeout=duration_pb2.Duration(seconds=BUILD_TIMEOUT_SECONDS),
+        service_account=service_account,
     )
+
+
+def build_service_account(project: str, configured: str) -> str:
+    """The ``service_account`` of a build: ``projects/<project>/serviceAccounts/<email>``."""
+    email = configured or f"podium-builder@{project}.iam.gserviceaccount.com"
+    return f"projects/{project}/serviceAccounts/{email}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,31 +173,37 @@ def build_request(
 # ---------------------------------------------------------------------------------------------
 
 
-@cache
-def _cloud_build_client() -> Any:
-    try:
-        from google.cloud.devtools import cloudbuild_v1
-    except ImportError as exc:
-        raise HandlerError(
-            f"the gcp build backend needs google-cloud-build: {INSTALL_HINT}", retryable=False
-        ) from exc
-    return cloudbuild_v1.CloudBuildClient()
-
-
-@cache
-def _storage_client(project: str) -> Any:
-    try:
-        from google.cloud import storage  # type: ignore[attr-defined,unused-ignore]
-    except ImportError as exc:
-        raise HandlerError(
-            f"the gcp build backend needs google-cloud-storage to upload sources: {INSTALL_HINT}",
-            retryable=False,
-        ) from exc
-    return storage.Client(project=project)
-
-
 def _api_error(service: str, what: str, exc: Exception) -> PodiumError:
     return api_error(exc, f"build of service {service!r}: {what}")
+
+
+def ensure_repository(registry: Any, image: str, service: str) -> None:
+    """Create the Artifact Registry repository ``image`` is pushed to if it is missing; NotReady
+    while it is being created. Other registries (``gcr.io``, a user's own) are left alone."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import artifactregistry_v1 as ar
+
+    match = _REGISTRY_IMAGE.match(image)
+    if match is None:
+        return
+    parent = f"projects/{match['project']}/locations/{match['location']}"
+    name = f"{parent}/repositories/{match['repo']}"
+    try:
+        registry.get_repository(name=name)
+        return
+    except gexc.NotFound:
+        pass
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise _api_error(service, f"reading repository {name}", exc) from exc
+    repository = ar.Repository(format_=ar.Repository.Format.DOCKER, description="Images built by Podium")
+    try:
+        registry.create_repository(parent=parent, repository_id=match["repo"], repository=repository)
+        log.info("artifact registry repository created", repository=name)
+    except gexc.AlreadyExists:
+        pass  # created meanwhile
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise _api_error(service, f"creating repository {name}", exc) from exc
+    raise NotReady(f"creating Artifact Registry repository {name}", retry_after=REPOSITORY_RECHECK_SECONDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,11 +271,14 @@ def _upload(storage: Any, bucket_name: str, object_name: str, fh: IO[bytes], ser
             ) from exc
 
 
-def build_gcp(ctx: EffectContext, client: Any = None, storage: Any = None) -> Sequence[Outcome]:
+def build_gcp(
+    ctx: EffectContext, client: Any = None, storage: Any = None, registry: Any = None
+) -> Sequence[Outcome]:
     service, spec, folder = resolve_service(ctx)
     project = ctx.settings.project
     module = module_path(spec, service)
-    client = client if client is not None else _cloud_build_client()
+    clients = clients_for(ctx.settings)
+    client = client if client is not None else clients.get("cloudbuild")
 
     earlier = _existing(client, project, ctx, service)
     if earlier is not None:
@@ -271,6 +299,8 @@ def build_gcp(ctx: EffectContext, client: Any = None, storage: Any = None) -> Se
             f"build of service {service!r} failed: source folder {folder} does not exist",
             retryable=False,
         )
+    image = image_for(spec, ctx.architecture, service, project, "")
+    ensure_repository(registry if registry is not None else clients.get("artifactregistry"), image, service)
     bucket = source_bucket(project)
     with tempfile.TemporaryFile(prefix=f"podium-src-{service}-") as fh:
         try:
@@ -281,7 +311,7 @@ def build_gcp(ctx: EffectContext, client: Any = None, storage: Any = None) -> Se
                 f"build of service {service!r}: cannot pack {folder}: {exc}", retryable=True
             ) from exc
         object_name = f"source/{service}-{digest}.tar.gz"
-        storage = storage if storage is not None else _storage_client(project)
+        storage = storage if storage is not None else clients.get("storage")
         _upload(storage, bucket, object_name, fh, service)
 
     image = image_for(spec, ctx.architecture, service, project, digest)
@@ -294,6 +324,7 @@ def build_gcp(ctx: EffectContext, client: Any = None, storage: Any = None) -> Se
         run_id=ctx.run_id,
         effect_id=ctx.effect_id,
         service=service,
+        service_account=build_service_account(project, ctx.settings.build_service_account),
     )
     from google.api_core import exceptions as gexc
 

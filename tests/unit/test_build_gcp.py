@@ -8,26 +8,31 @@ Cloud Build is an autospecced ``CloudBuildClient``; Cloud Storage is a small fak
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import shutil
 import sys
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
+import yaml
 from google.api_core import exceptions as gexc
+from google.cloud.artifactregistry_v1 import ArtifactRegistryClient
+from google.cloud.artifactregistry_v1 import Repository as ArtifactRegistryRepository
 from google.cloud.devtools import cloudbuild_v1 as cb
 from google.protobuf import duration_pb2
 from pytest_mock import MockerFixture
 
 from daemon.config import Settings
+from handlers import gcp_clients
 from handlers.base import EffectContext
-from handlers.image_builds import gcp
-from handlers.image_builds.gcp import build_gcp
+from handlers.image_builds.gcp import build_gcp, ensure_repository
 from machines.architecture import load_architecture
 from machines.cloud_builds import (
     TAG_PATTERN,
@@ -36,9 +41,11 @@ from machines.cloud_builds import (
     event_from_cloud_build,
     sanitize_tag,
 )
-from machines.errors import HandlerError, InvalidMessage
+from machines.errors import HandlerError, InvalidMessage, NotReady
 from machines.hydration import hydrate
 from machines.messages import RunView
+from tests.fakes.artifact_registry import ArtifactRegistryFake
+from tests.fakes.grpc_server import FakeError, insecure_client
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata"
 PROJECT = "podium-test"
@@ -123,6 +130,29 @@ def storage() -> FakeStorage:
     return FakeStorage()
 
 
+@pytest.fixture(scope="module")
+def registry_fake() -> Iterator[ArtifactRegistryFake]:
+    fake = ArtifactRegistryFake()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def registry(registry_fake: ArtifactRegistryFake) -> Iterator[ArtifactRegistryFake]:
+    """Builds reach the Artifact Registry fake through PODIUM_GCP_ENDPOINTS; the images'
+    repository exists unless a test removes it."""
+    global _REGISTRY_ENDPOINT
+    _REGISTRY_ENDPOINT = registry_fake.endpoint
+    parent = IMAGE_BASE.split("/")
+    with contextlib.suppress(FakeError):
+        registry_fake.create_repository(f"projects/{parent[1]}/locations/europe-west1", parent[2])
+    yield registry_fake
+
+
+_REGISTRY_ENDPOINT = ""
+
+
 def make_ctx(
     source_root: Path, item: str, *, run_id: str = "demo-1", attempt: int = 0
 ) -> EffectContext:
@@ -135,7 +165,11 @@ def make_ctx(
         params={},
         attempt=0,
         run=RunView.model_validate({"run_id": run_id, "architecture": arch.to_dict(), "source_root": str(source_root)}),
-        settings=Settings(project=PROJECT, state_dir=source_root.parent / "state"),
+        settings=Settings(
+            project=PROJECT,
+            state_dir=source_root.parent / "state",
+            gcp_endpoints=f"artifactregistry={_REGISTRY_ENDPOINT}",
+        ),
     )
 
 
@@ -182,6 +216,7 @@ def expected_build(
             substitution_option=cb.BuildOptions.SubstitutionOption.ALLOW_LOOSE,
         ),
         timeout=duration_pb2.Duration(seconds=1200),
+        service_account=f"projects/{PROJECT}/serviceAccounts/podium-builder@{PROJECT}.iam.gserviceaccount.com",
     )
 
 
@@ -442,7 +477,7 @@ def test_missing_storage_package_says_how_to_install(
     source_root: Path, client: Any, mocker: MockerFixture
 ) -> None:
     mocker.patch.dict(sys.modules, {"google.cloud.storage": None})
-    gcp._storage_client.cache_clear()
+    gcp_clients._clients.cache_clear()  # a fresh set of clients: none made yet
 
     with pytest.raises(HandlerError) as err:
         build_gcp(make_ctx(source_root, "publisher"), client=client, storage=None)
@@ -683,3 +718,28 @@ def test_a_build_we_created_round_trips_through_the_notification_mapping(
         ctx.effect_id,
     )
     assert event.data["image"] == f"{created.images[0].rsplit(':', 1)[0]}@{IMAGE_DIGEST}"
+
+
+def test_a_missing_image_repository_is_created_before_the_first_build(
+    source_root: Path, client: Any, storage: FakeStorage, registry: ArtifactRegistryFake
+) -> None:
+    path = source_root / "architecture.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["dataflows"]["tracer"]["services"]["publisher"]["deployment"]["image_repo"] = "fresh-images"
+    path.write_text(yaml.safe_dump(doc))
+    name = "projects/podium-local/locations/europe-west1/repositories/fresh-images"
+
+    with pytest.raises(NotReady) as pending:
+        build_gcp(make_ctx(source_root, "publisher"), client=client, storage=storage)
+    assert "creating Artifact Registry repository" in pending.value.message
+    client.create_build.assert_not_called()
+    repo = insecure_client(ArtifactRegistryClient, registry.endpoint).get_repository(name=name)
+    assert repo.format_ == ArtifactRegistryRepository.Format.DOCKER
+
+    assert build_gcp(make_ctx(source_root, "publisher"), client=client, storage=storage) == []
+    (image,) = client.create_build.call_args.kwargs["build"].images
+    assert image.startswith("europe-west1-docker.pkg.dev/podium-local/fresh-images/publisher:")
+
+
+def test_images_outside_artifact_registry_need_no_repository() -> None:
+    ensure_repository(None, "gcr.io/p/publisher:abc", "publisher")  # never touches the client

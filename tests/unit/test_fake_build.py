@@ -27,6 +27,7 @@ from handlers.base import EffectContext
 from handlers.image_builds.gcp import DOCKER_STEP, build_gcp, build_request
 from machines.architecture import load_architecture
 from machines.cloud_builds import effect_tag, event_from_cloud_build
+from machines.errors import NotReady
 from machines.hydration import hydrate
 from machines.messages import RunView
 from tests.fakes.artifact_registry import ArtifactRegistryFake, PushRejected, parse_image
@@ -37,7 +38,6 @@ from tests.fakes.cloud_build import (
     images_built_by_steps,
     start_build_fakes,
 )
-from tests.fakes.grpc_server import insecure_client
 
 PROJECT = "proj-1"
 LOCATION = "europe-west1"
@@ -504,16 +504,7 @@ def test_podiums_gcp_build_handler_runs_against_the_fakes(tmp_path: Path) -> Non
     source_root = tmp_path / "src"
     shutil.copytree(TESTDATA, source_root, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
     arch = hydrate(load_architecture((source_root / "architecture.yaml").read_text()))
-    ctx = EffectContext(
-        run_id="demo-1",
-        effect_id="build:publisher:a0",
-        kind="build",
-        item="publisher",
-        params={},
-        attempt=0,
-        run=RunView.model_validate({"run_id": "demo-1", "architecture": arch.to_dict(), "source_root": str(source_root)}),
-        settings=Settings(project="podium-test", state_dir=tmp_path / "state"),
-    )
+    run = RunView.model_validate({"run_id": "demo-1", "architecture": arch.to_dict(), "source_root": str(source_root)})
     storage = _Storage()
     # testdata/architecture.yaml: project podium-local, region europe-west1, image_repo podium
     with start_build_fakes(
@@ -522,17 +513,23 @@ def test_podiums_gcp_build_handler_runs_against_the_fakes(tmp_path: Path) -> Non
         source_exists=lambda bucket, name: (bucket, name) in storage.objects,
         **FAST,
     ) as fakes:
-        fakes.registry.create_repository("projects/podium-local/locations/europe-west1", "podium")
-        client = insecure_client(cb.CloudBuildClient, fakes.cloud_build_endpoint)
-        assert build_gcp(ctx, client=client, storage=storage) == []
+        endpoints = f"cloudbuild={fakes.cloud_build_endpoint},artifactregistry={fakes.artifact_registry_endpoint}"
+        settings = Settings(project="podium-test", state_dir=tmp_path / "state", gcp_endpoints=endpoints)
+        ctx = EffectContext("demo-1", "build:publisher:a0", "build", "publisher", {}, 0, run, settings)
+        with pytest.raises(NotReady):  # Podium creates the image repository first
+            build_gcp(ctx, storage=storage)
+        assert [r.name for r in fakes.registry.repositories()] == [
+            "projects/podium-local/locations/europe-west1/repositories/podium"
+        ]
+        assert build_gcp(ctx, storage=storage) == []
         (created,) = fakes.builds()
-        assert build_gcp(ctx, client=client, storage=storage) == []  # in flight: not started twice
+        assert created.service_account.endswith("/serviceAccounts/podium-builder@podium-test.iam.gserviceaccount.com")
+        assert build_gcp(ctx, storage=storage) == []  # in flight: not started twice
         assert len(fakes.builds()) == 1
         done = finished(fakes, created.id)
         assert done.status == cb.Build.Status.SUCCESS, done.status_detail
-        (outcome,) = build_gcp(ctx, client=client, storage=storage)  # succeeded: reported at once
+        (outcome,) = build_gcp(ctx, storage=storage)  # succeeded: reported at once
         assert outcome.type == "build.succeeded"
         (pushed,) = fakes.pushed()
         assert pushed.startswith("europe-west1-docker.pkg.dev/podium-local/podium/publisher:")
         assert outcome.data["image"].startswith("europe-west1-docker.pkg.dev/podium-local/podium/publisher@sha256:")
-        client.transport.close()
