@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from machines.architecture.cloud_resources import CloudResourcesSpec, ServiceMapping
+from machines.architecture.cloud_run_sizes import sizing_problem
 from machines.architecture.cross_checks import cross_check
 from machines.architecture.document import document_shape_problem, normalize, prune
 from machines.architecture.fields import (
@@ -79,6 +80,13 @@ class DeploymentSpec(Model):
     environment_vars: Map[Text] = Field(default_factory=dict)
     secret_environment_vars: Seq[SecretEnvVar] = ()
 
+    @model_validator(mode="after")
+    def _cloud_run_sizes(self) -> DeploymentSpec:
+        problem = sizing_problem(self.cpu, self.memory)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     @field_validator("environment_vars")
     @classmethod
     def _environment_vars(cls, value: dict[str, str]) -> dict[str, str]:
@@ -111,6 +119,14 @@ class ServiceManagerSpec(ServiceSpec):
 
     command_topic: ServiceMapping | None = None
     completion_topic: ServiceMapping | None = None
+
+    @model_validator(mode="after")
+    def _director_cpu(self) -> ServiceManagerSpec:
+        if self.deployment is not None:
+            problem = sizing_problem(self.deployment.cpu, self.deployment.memory, director=True)
+            if problem:
+                raise ValueError(problem)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
