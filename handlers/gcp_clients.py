@@ -50,30 +50,18 @@ def _gapic(module: str, name: str) -> Callable[[str | None, str], Any]:
     return make
 
 
-def _storage(endpoint: str | None, project: str) -> Any:
-    storage: Any = importlib.import_module("google.cloud.storage")
-    if endpoint is None:
-        return storage.Client(project=project)
-    from google.auth.credentials import AnonymousCredentials
+def _json_api(module: str) -> Callable[[str | None, str], Any]:
+    """A maker for the ``Client`` of a JSON API library (``google.cloud.storage``, ``bigquery``)."""
 
-    return storage.Client(
-        project=project,
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": _http(endpoint)},
-    )
+    def make(endpoint: str | None, project: str) -> Any:
+        cls = importlib.import_module(module).Client
+        if endpoint is None:
+            return cls(project=project)
+        from google.auth.credentials import AnonymousCredentials
 
+        return cls(project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": _http(endpoint)})
 
-def _bigquery(endpoint: str | None, project: str) -> Any:
-    bigquery: Any = importlib.import_module("google.cloud.bigquery")
-    if endpoint is None:
-        return bigquery.Client(project=project)
-    from google.auth.credentials import AnonymousCredentials
-
-    return bigquery.Client(
-        project=project,
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": _http(endpoint)},
-    )
+    return make
 
 
 def _http(endpoint: str) -> str:
@@ -88,8 +76,8 @@ _MAKERS: dict[str, Callable[[str | None, str], Any]] = {
     "artifactregistry": _gapic("google.cloud.artifactregistry_v1", "ArtifactRegistryClient"),
     "secretmanager": _gapic("google.cloud.secretmanager_v1", "SecretManagerServiceClient"),
     "pubsub": _gapic("google.cloud.pubsub_v1", "PublisherClient"),
-    "storage": _storage,
-    "bigquery": _bigquery,
+    "storage": _json_api("google.cloud.storage"),
+    "bigquery": _json_api("google.cloud.bigquery"),
 }
 API_NAMES = frozenset(_MAKERS)
 _PACKAGES = {"iam": "google-cloud-iam", "projects": "google-cloud-resource-manager", "run": "google-cloud-run",

@@ -148,47 +148,44 @@ class Timer(_Strict):
     started_at: datetime
 
 
-class RunState(BaseModel):
+class _RunRecord(BaseModel):
+    """The fields every view of a run document shares (frozen; unknown fields ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    run_id: str
+    status: RunStatus = "running"
+    attempt: int = 0
+    plan: Mapping[str, Any] = Field(default_factory=dict)
+    outputs: Mapping[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+class RunState(_RunRecord):
     """The machine's view of a run document (DESIGN.md §5 plus engine fields): a frozen record.
 
     ``decide`` changes a run through a private :class:`machines.draft.RunDraft` and returns a
     new ``RunState``; ``daemon.store`` is the one place that reads and writes it as a
     Firestore document (durations are stored as seconds there)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    run_id: str
     state: str = "pending"
-    status: RunStatus = "running"
     version: int = 0
     error: RunError | None = None
     progress: Mapping[str, Mapping[str, str]] = Field(default_factory=dict)
-    outputs: Mapping[str, Any] = Field(default_factory=dict)
-    plan: Mapping[str, Any] = Field(default_factory=dict)
     limits: Mapping[str, timedelta] = Field(default_factory=dict)
-    attempt: int = 0
     failed_state: str | None = None
     wake_at: datetime | None = None
     timer: Timer | None = None
     timer_seq: int = 0
-    created_at: datetime | None = None
     updated_at: datetime | None = None
 
 
-class RunView(BaseModel):
+class RunView(_RunRecord):
     """What an effect's handler reads of its run: the document as it was when the effect was
     leased, typed once by the store (handlers never see a raw Firestore dict)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    run_id: str
-    status: RunStatus = "running"
-    attempt: int = 0
-    created_at: datetime | None = None
     trace_id: str | None = None
     source_root: str | None = None
-    plan: Mapping[str, Any] = Field(default_factory=dict)
-    outputs: Mapping[str, Any] = Field(default_factory=dict)
     architecture: Mapping[str, Any] = Field(default_factory=dict)
 
 
