@@ -53,7 +53,17 @@ def cmd_start(args: argparse.Namespace) -> int:
         except InvalidArchitecture as exc:
             print(exc.message, file=sys.stderr)
             return EXIT_USAGE
-    body: dict[str, Any] = {"command": "start", "architecture_yaml": text, "source_root": str(path.parent)}
+    source_root = str(path.parent)
+    if args.upload:
+        from cli.upload import upload_source
+
+        try:
+            source_root = upload_source(path.parent, args.upload, settings)
+        except ValueError as exc:
+            print(f"podium start: --upload: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"sources uploaded: {source_root}", file=sys.stderr)
+    body: dict[str, Any] = {"command": "start", "architecture_yaml": text, "source_root": source_root}
     if args.run_id:
         body["run_id"] = args.run_id
     message_id = publish_command(settings, body)
@@ -231,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until the run ends; exit code by its status")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait with --wait")
     p.add_argument("--no-validate", action="store_true", help="skip local validation before publishing")
+    p.add_argument(
+        "--upload",
+        metavar="gs://BUCKET/OBJECT.tar.gz",
+        help="pack the architecture file's folder, upload it there and deploy from it (a daemon on "
+        "Cloud Run has no checkout of your code)",
+    )
     _add_json(p)
     p.set_defaults(func=cmd_start)
 

@@ -22,6 +22,7 @@ from daemon.config import Settings
 from daemon.store import Applied, RunStore
 from devtools.faults import crash_point
 from handlers.google_errors import is_transient
+from handlers.source_archives import gs_source_problem
 from machines.errors import InvalidArchitecture, InvalidMessage, PodiumError, clip
 from machines.messages import (
     Event,
@@ -248,7 +249,7 @@ def _source_root_problem(root: str | None, settings: Settings) -> str | None:
     if not root:
         return None
     if root.startswith("gs://"):
-        why = None if settings.backend == "gcp" else "a gs:// source root needs PODIUM_BACKEND=gcp"
+        why = gs_source_problem(root) or (None if settings.backend == "gcp" else "a gs:// source root needs PODIUM_BACKEND=gcp")
     else:
         base = Path(settings.source_root).resolve()
         try:

@@ -71,9 +71,16 @@ class EffectContext:
         written at start and never changes, so (run id, created_at) names it."""
         return _ARCHITECTURES.get(self.run_id, self.run.created_at, self.run.architecture)
 
-    @property
+    @cached_property
     def source_root(self) -> Path:
-        return Path(self.run.source_root or self.settings.source_root)
+        """The run's source tree on this machine: its folder, or for a ``gs://`` archive the tree
+        unpacked under the state directory (downloaded by the first effect that asks)."""
+        root = self.run.source_root or ""
+        if root.startswith("gs://"):
+            from handlers.source_archives import local_tree
+
+            return local_tree(self)
+        return Path(root or self.settings.source_root)
 
     @property
     def outputs(self) -> Mapping[str, Any]:

@@ -106,7 +106,9 @@ def build_template(
     service_account: str,
     is_director: bool,
 ) -> run_v2.RevisionTemplate:
-    env = [run_v2.EnvVar(name=k, value=str(v)) for k, v in deployment.environment_vars.items()]
+    # Sorted: a mapping read back from Firestore comes in another key order than the one written,
+    # and the template (hence the revision name) must not depend on where it was read from.
+    env = [run_v2.EnvVar(name=k, value=str(v)) for k, v in sorted(deployment.environment_vars.items())]
     env += [
         run_v2.EnvVar(
             name=s.name,
@@ -114,7 +116,7 @@ def build_template(
                 secret_key_ref=run_v2.SecretKeySelector(secret=s.value_from, version="latest")
             ),
         )
-        for s in deployment.secret_environment_vars
+        for s in sorted(deployment.secret_environment_vars, key=lambda s: s.name)
     ]
     limits = {k: v for k, v in (("cpu", deployment.cpu), ("memory", deployment.memory)) if v}
     cpu = cpu_count(deployment.cpu)

@@ -23,7 +23,9 @@
 
 Before the first build to an Artifact Registry image path, the repository is created if it is
 missing (Cloud Build does not create it, and the push would fail): ``NotReady`` while it is
-being created, so the effect comes back through its lease rather than holding a thread.
+being created, so the effect comes back through its lease rather than holding a thread. An
+image already pushed under the source digest's tag is reported at once: the same sources are
+never built twice (a redeploy, or a configuration-only change, costs no build).
 
 ``<project>`` is the daemon's project (``PODIUM_PROJECT``): the build's notifications reach the
 ``cloud-builds`` topic of that project, which the daemon consumes; images go to the
@@ -73,6 +75,7 @@ __all__ = [
     "build_request",
     "build_service_account",
     "ensure_repository",
+    "existing_image",
     "image_for",
     "module_path",
     "source_bucket",
@@ -206,6 +209,27 @@ def ensure_repository(registry: Any, image: str, service: str) -> None:
     raise NotReady(f"creating Artifact Registry repository {name}", retry_after=REPOSITORY_RECHECK_SECONDS)
 
 
+def existing_image(registry: Any, image: str, service: str) -> str | None:
+    """``<base>@<digest>`` of an image already pushed under ``image``'s tag (the tag is the source
+    digest, so the same sources need no second build), or None."""
+    from google.api_core import exceptions as gexc
+
+    match = _REGISTRY_IMAGE.match(image)
+    if match is None:
+        return None
+    base, _, tag = image.rpartition(":")
+    parent = f"projects/{match['project']}/locations/{match['location']}/repositories/{match['repo']}"
+    try:
+        for found in registry.list_docker_images(parent=parent):
+            if found.uri.split("@", 1)[0] == base and tag in found.tags:
+                return str(found.uri)
+    except gexc.NotFound:
+        return None
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise _api_error(service, f"listing images in {parent}", exc) from exc
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Steps.
 # ---------------------------------------------------------------------------------------------
@@ -299,8 +323,8 @@ def build_gcp(
             f"build of service {service!r} failed: source folder {folder} does not exist",
             retryable=False,
         )
-    image = image_for(spec, ctx.architecture, service, project, "")
-    ensure_repository(registry if registry is not None else clients.get("artifactregistry"), image, service)
+    registry = registry if registry is not None else clients.get("artifactregistry")
+    ensure_repository(registry, image_for(spec, ctx.architecture, service, project, ""), service)
     bucket = source_bucket(project)
     with tempfile.TemporaryFile(prefix=f"podium-src-{service}-") as fh:
         try:
@@ -310,11 +334,15 @@ def build_gcp(
             raise HandlerError(
                 f"build of service {service!r}: cannot pack {folder}: {exc}", retryable=True
             ) from exc
+        image = image_for(spec, ctx.architecture, service, project, digest)
+        pushed = existing_image(registry, image, service)
+        if pushed is not None:
+            log.info("image already built from these sources", service=service, image=pushed)
+            return [Outcome("build.succeeded", service, {"image": pushed, "reused": True})]
         object_name = f"source/{service}-{digest}.tar.gz"
         storage = storage if storage is not None else clients.get("storage")
         _upload(storage, bucket, object_name, fh, service)
 
-    image = image_for(spec, ctx.architecture, service, project, digest)
     request = build_request(
         image=image,
         bucket=bucket,

@@ -207,12 +207,6 @@ def resolve_service(ctx: EffectContext) -> tuple[str, ServiceSpec, Path]:
     from handlers.configgen import contained_service_dir
 
     service = ctx.item or ""
-    root = ctx.run.source_root or ""
-    if root.startswith("gs://"):
-        raise HandlerError(
-            f"build of service {service!r}: a gs:// source_root ({root}) is not supported by the build handler",
-            retryable=False,
-        )
     service, _dataflow, spec = ctx.target()
     if spec.deployment is None:
         raise HandlerError(

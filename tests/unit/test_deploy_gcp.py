@@ -11,7 +11,14 @@ from pytest_mock import MockerFixture
 
 from daemon.config import Settings
 from handlers.base import EffectContext
-from handlers.deploy.gcp import config_digest, cpu_count, deploy_gcp, is_ours, revision_name
+from handlers.deploy.gcp import (
+    build_template,
+    config_digest,
+    cpu_count,
+    deploy_gcp,
+    is_ours,
+    revision_name,
+)
 from machines.architecture import load_architecture
 from machines.errors import HandlerError, NotReady
 from machines.hydration import hydrate
@@ -85,11 +92,11 @@ def publisher_template(revision: str = "") -> run_v2.RevisionTemplate:
         containers=[
             run_v2.Container(
                 image=PUBLISHER_IMAGE,
-                env=[
-                    run_v2.EnvVar(name="PUBLISH_INTERVAL_SECONDS", value="0.5"),
-                    run_v2.EnvVar(name="PROJECT_ID", value="my-project"),
-                    run_v2.EnvVar(name="SERVICE_NAME", value="publisher"),
+                env=[  # sorted by name: the same whichever order the mapping was read in
                     run_v2.EnvVar(name="DATAFLOW_NAME", value="tracer"),
+                    run_v2.EnvVar(name="PROJECT_ID", value="my-project"),
+                    run_v2.EnvVar(name="PUBLISH_INTERVAL_SECONDS", value="0.5"),
+                    run_v2.EnvVar(name="SERVICE_NAME", value="publisher"),
                     run_v2.EnvVar(
                         name="API_TOKEN",
                         value_source=run_v2.EnvVarSource(
@@ -191,9 +198,9 @@ def test_the_director_keeps_an_instance_with_its_cpu_on(client: Any) -> None:
     assert container.resources.cpu_idle is False
     assert dict(container.resources.limits) == {"cpu": "1", "memory": "512Mi"}  # hydrated defaults
     assert [(e.name, e.value) for e in container.env] == [
+        ("DATAFLOW_NAME", "director-infra"),
         ("PROJECT_ID", "my-project"),
         ("SERVICE_NAME", "director"),
-        ("DATAFLOW_NAME", "director-infra"),
     ]
 
 
@@ -295,9 +302,29 @@ def test_fails_with_cloud_runs_message_when_the_revision_failed(client: Any) -> 
     assert message in failed.value.message and PUBLISHER in failed.value.message
 
 
+def test_the_template_does_not_depend_on_the_order_the_mapping_was_read_in() -> None:
+    ctx = make_ctx("publisher")
+    raw = ctx.architecture.to_dict()
+    env = raw["dataflows"]["tracer"]["services"]["publisher"]["deployment"]["environment_vars"]
+    raw["dataflows"]["tracer"]["services"]["publisher"]["deployment"]["environment_vars"] = dict(reversed(env.items()))
+    reordered = RunView.model_validate({"run_id": "run-9", "architecture": raw, "outputs": ctx.outputs})
+    other = EffectContext("run-9", "d", "deploy", "publisher", {}, 0, reordered, ctx.settings)
+    arch, spec = other.architecture, other.target()[2]
+    assert list(spec.deployment.environment_vars) != list(ctx.target()[2].deployment.environment_vars)  # type: ignore[union-attr]
+    assert arch.name == ctx.architecture.name
+    assert config_digest(_template(other)) == config_digest(_template(ctx))
+
+
+def _template(ctx: EffectContext) -> run_v2.RevisionTemplate:
+    service, _, spec = ctx.target()
+    assert spec.deployment is not None
+    return build_template(service=service, deployment=spec.deployment, image=PUBLISHER_IMAGE,
+                          service_account=PUBLISHER_SA, is_director=False)
+
+
 def test_a_configuration_only_change_deploys_a_new_revision_of_the_same_image(client: Any) -> None:
     live = publisher_template(OURS)
-    live.containers[0].env[0].value = "5"  # deployed earlier with another interval, same image
+    live.containers[0].env[2].value = "5"  # PUBLISH_INTERVAL_SECONDS: deployed earlier with another value
     live.revision = f"publisher-{config_digest(live)[:8]}-5"
     client.get_service.return_value = existing_service(
         live,
@@ -309,7 +336,7 @@ def test_a_configuration_only_change_deploys_a_new_revision_of_the_same_image(cl
     sent = client.update_service.call_args.kwargs["service"].template
     assert sent.revision == OURS and sent.revision != live.revision
     assert sent.containers[0].image == PUBLISHER_IMAGE  # no rebuild: the same image
-    assert sent.containers[0].env[0].value == "0.5"
+    assert sent.containers[0].env[2].value == "0.5"
 
 
 def test_a_revision_name_taken_meanwhile_is_re_read_not_an_error(client: Any) -> None:

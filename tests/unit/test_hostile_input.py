@@ -197,6 +197,9 @@ def test_source_root_must_resolve_under_the_daemons_root(tmp_path: Path) -> None
     prepare_architecture(start("gs://bucket/src.tar.gz"), "podium-local", settings=gcp)
     with pytest.raises(InvalidArchitecture, match="PODIUM_SOURCE_ROOT"):
         prepare_architecture(start("/etc"), "podium-local", settings=gcp)
+    for malformed in ("gs://bucket/src.zip", "gs://Bucket/src.tar.gz", "gs://bucket/src.tar.gz#sha256=beef"):
+        with pytest.raises(InvalidArchitecture, match="gs://BUCKET/OBJECT.tar.gz"):
+            prepare_architecture(start(malformed), "podium-local", settings=gcp)
 
 
 # ==== point 2: alias bombs and oversized input ====================================================
