@@ -137,10 +137,11 @@ def test_dockerfile_is_multi_stage_on_python_311_slim(dockerfile: list[Instructi
     assert [c.args.split()[1:] for c in copies_from_builder] == [["/opt/venv", "/opt/venv"]]
 
 
-def test_dockerfile_builder_installs_the_gcp_extra_into_a_venv(dockerfile: list[Instruction]) -> None:
+def test_dockerfile_builder_installs_the_gcp_and_preflight_extras_into_a_venv(dockerfile: list[Instruction]) -> None:
     runs = " ".join(i.args for i in dockerfile if i.stage == 0 and i.name == "RUN")
     assert "python -m venv /opt/venv" in runs
-    assert re.search(r"pip install (\S+ )*\"?\.\[gcp\]\"?", runs), runs
+    # preflight runs the services' tests with pytest inside the daemon's image
+    assert re.search(r"pip install (\S+ )*\"?\.\[gcp,preflight\]\"?", runs), runs
     paths = [i.args for i in dockerfile if i.stage == 0 and i.name == "ENV"]
     assert any("PATH=/opt/venv/bin:" in p for p in paths)
 
