@@ -45,7 +45,8 @@ def handlers_for(settings: Settings) -> Mapping[str, Handler]:
     from handlers.iam.gcp import GcpIam
     from handlers.image_builds.gcp import build_gcp
 
-    return _table(GcpIam(settings.project, clients=clients_for(settings)), build_gcp, deploy_gcp)
+    iam_backend = GcpIam(settings.project, clients=clients_for(settings), deployer=settings.service_account)
+    return _table(iam_backend, build_gcp, deploy_gcp)
 
 
 def concurrency_for(settings: Settings) -> dict[str, int]:

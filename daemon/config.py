@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # gcp mode: point APIs at loopback fakes (handlers/gcp_clients.py), e.g. "run=127.0.0.1:7001".
     gcp_endpoints: str = ""
     build_service_account: str = ""  # gcp builds run as this account; default podium-builder@<project>
+    # gcp: the daemon's own account (deploy/service.yaml sets it). It is granted serviceAccountUser
+    # on each account it creates, so it needs that role on no other account of the project.
+    service_account: str = ""
 
     @field_validator("gcp_endpoints")
     @classmethod

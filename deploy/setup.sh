@@ -14,6 +14,8 @@
 #   FIRESTORE_LOCATION  location of the (default) database if it has to be created (default REGION)
 #   STEPS               comma-separated subset of: apis,accounts,pubsub,firestore,indexes,build,deploy
 #                       (default: all of them, in that order)
+#   DATA_ROLES          comma-separated subset of secrets,buckets,bigquery: let the daemon set IAM on
+#                       those resources (only if the architectures use them; default none)
 #
 # Every step is idempotent: a resource is described first and created only if missing, an IAM
 # binding that is already there is a no-op, and a subscription that exists is converged to the
@@ -64,6 +66,14 @@ EVENTS_ORDERING="${EVENTS_ORDERING:-no}"
 
 SERVICE="podium-daemon"
 DAEMON_SA_NAME="podium-daemon"
+# The account Cloud Build runs Podium's builds as (Settings.build_service_account's default).
+BUILDER_SA_NAME="podium-builder"
+# The only project roles Podium's IAM plan ever grants (machines/iam_grants.py PROJECT_ROLES;
+# tests/unit/test_deploy_packaging.py keeps the two equal): projectIamAdmin is conditioned on them.
+PLAN_PROJECT_ROLES="roles/bigquery.dataEditor roles/cloudscheduler.admin roles/datastore.owner roles/datastore.user roles/datastore.viewer roles/pubsub.editor roles/storage.admin"
+# Roles for IAM on data resources, granted only when the architectures use them (comma-separated
+# subset of secrets,buckets,bigquery): each lets the daemon edit policies of that kind.
+DATA_ROLES="${DATA_ROLES:-}"
 PUSH_SA_NAME="podium-push"
 AR_REPOSITORY="podium"
 INDEXES_FILE="$HERE/firestore.indexes.json"
@@ -118,6 +128,7 @@ want() { [[ ",$STEPS," == *",$1,"* ]]; }
 command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
 
 DAEMON_SA="${DAEMON_SA_NAME}@${PROJECT_ID}.iam.gserviceaccount.com"
+BUILDER_SA="${BUILDER_SA_NAME}@${PROJECT_ID}.iam.gserviceaccount.com"
 PUSH_SA="${PUSH_SA_NAME}@${PROJECT_ID}.iam.gserviceaccount.com"
 # Must equal the custom audience and PODIUM_PUSH_AUDIENCE in deploy/service-push.yaml.
 PUSH_AUDIENCE="podium-push.${PROJECT_ID}"
@@ -160,6 +171,31 @@ grant_project() {
   log "granting $role to $member on project $PROJECT_ID"
   retry gc projects add-iam-policy-binding "$PROJECT_ID" \
     --member="$member" --role="$role" --condition=None >/dev/null
+}
+
+# grant_project_if <member> <role> <title> <CEL expression>: a conditional project binding.
+grant_project_if() {
+  local member=$1 role=$2 title=$3 expression=$4
+  local file="$WORK_DIR/condition-$title.yaml"
+  printf 'title: %s\nexpression: "%s"\n' "$title" "$expression" > "$file"
+  log "granting $role to $member on project $PROJECT_ID (condition $title)"
+  retry gc projects add-iam-policy-binding "$PROJECT_ID" \
+    --member="$member" --role="$role" --condition-from-file="$file" >/dev/null
+}
+
+# grant_account <member> <role> <account email>: a binding on one service account only.
+grant_account() {
+  local member=$1 role=$2 account=$3
+  log "granting $role to $member on $account"
+  retry gc iam service-accounts add-iam-policy-binding "$account" \
+    --member="$member" --role="$role" >/dev/null
+}
+
+# The CEL list of PLAN_PROJECT_ROLES: ['roles/a', 'roles/b', ...]
+plan_roles_cel() {
+  local out="" role
+  for role in $PLAN_PROJECT_ROLES; do out+="${out:+, }'$role'"; done
+  printf '[%s]' "$out"
 }
 
 ensure_topic() {
@@ -247,25 +283,49 @@ step_apis() {
 
 step_accounts() {
   ensure_service_account "$DAEMON_SA_NAME" "Podium daemon"
-  local sa="serviceAccount:$DAEMON_SA"
+  ensure_service_account "$BUILDER_SA_NAME" "Podium builds"
+  local sa="serviceAccount:$DAEMON_SA" builder="serviceAccount:$BUILDER_SA"
   # Firestore: run documents, their events/effects, rejected_messages; transactions.
   grant_project "$sa" roles/datastore.user
   # Pub/Sub: creates its own topics/subscriptions and the director's command topic, publishes and pulls, AND sets topic/subscription IAM policies for the architecture (handlers/iam/gcp.py); roles/pubsub.editor has no setIamPolicy.
   grant_project "$sa" roles/pubsub.admin
-  # Creates the architecture's service accounts (handlers/iam/gcp.py ensure_service_account).
+  # Creates the architecture's service accounts, and grants itself serviceAccountUser on each one it creates (so it needs that role on no other account).
   grant_project "$sa" roles/iam.serviceAccountAdmin
-  # Grants the architecture's project-level roles (read-modify-write of the project policy). With serviceAccountAdmin this is close to owner: keep the project dedicated.
-  grant_project "$sa" roles/resourcemanager.projectIamAdmin
-  # Deploys the architecture's Cloud Run services and sets their IAM policies (run.invoker for dependencies).
+  # Grants the architecture's project roles: only those the IAM plan can grant (PLAN_PROJECT_ROLES), never owner, editor or an admin of IAM.
+  grant_project_if "$sa" roles/resourcemanager.projectIamAdmin podium-plan-roles \
+    "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly($(plan_roles_cel))"
+  # Deploys the architecture's Cloud Run services and grants run.invoker on them (run.developer cannot set IAM).
   grant_project "$sa" roles/run.admin
-  # Acts as the architecture's service accounts when it deploys services that run as them.
-  grant_project "$sa" roles/iam.serviceAccountUser
   # Starts Cloud Builds for the architecture's services and reads their status.
   grant_project "$sa" roles/cloudbuild.builds.editor
-  # Pushes and reads images in Artifact Registry (builds run under its identity; writer is the narrowest role that pushes).
-  grant_project "$sa" roles/artifactregistry.writer
+  # Lists images already built from the same sources (they are reused, not rebuilt).
+  grant_project "$sa" roles/artifactregistry.reader
+  ensure_repository_creator_role
+  # Creates the Artifact Registry repository an image goes to, and nothing else there (custom role).
+  grant_project "$sa" "projects/$PROJECT_ID/roles/podiumRepositoryCreator"
+  # Builds run as the builder account: the daemon may act as that one account only.
+  grant_account "$sa" roles/iam.serviceAccountUser "$BUILDER_SA"
 
-  # Build sources are uploaded to gs://<project>_cloudbuild/source/ (handlers/image_builds): storage.admin on that bucket only.
+  local role
+  for role in ${DATA_ROLES//,/ }; do
+    case "$role" in
+      # Grants secretAccessor on the secrets services read (the only predefined role with secrets.setIamPolicy).
+      secrets) grant_project "$sa" roles/secretmanager.admin ;;
+      # Grants object roles on the architecture's buckets (bucket setIamPolicy is in storage.admin only).
+      buckets) grant_project "$sa" roles/storage.admin ;;
+      # Grants data roles on the architecture's BigQuery tables and datasets (setIamPolicy on tables).
+      bigquery) grant_project "$sa" roles/bigquery.dataOwner ;;
+      *) die "DATA_ROLES: unknown $role (expected secrets, buckets, bigquery)" ;;
+    esac
+  done
+
+  # The builder: pushes images, writes build logs (CLOUD_LOGGING_ONLY), reads the uploaded sources.
+  # Pushes the built images to Artifact Registry.
+  grant_project "$builder" roles/artifactregistry.writer
+  # Writes its build logs to Cloud Logging (builds use CLOUD_LOGGING_ONLY).
+  grant_project "$builder" roles/logging.logWriter
+
+  # Build sources are uploaded to gs://<project>_cloudbuild/source/ (handlers/image_builds): storage.admin on that bucket only; the builder reads them.
   if exists storage buckets describe "$BUILD_BUCKET"; then
     log "bucket $BUILD_BUCKET exists"
   else
@@ -275,6 +335,9 @@ step_accounts() {
   log "granting roles/storage.admin on $BUILD_BUCKET to $DAEMON_SA"
   retry gc storage buckets add-iam-policy-binding "$BUILD_BUCKET" \
     --member="$sa" --role=roles/storage.admin >/dev/null
+  log "granting roles/storage.objectViewer on $BUILD_BUCKET to $BUILDER_SA"
+  retry gc storage buckets add-iam-policy-binding "$BUILD_BUCKET" \
+    --member="$builder" --role=roles/storage.objectViewer >/dev/null
 
   if [[ "$MODE" == "push" ]]; then
     # The identity Pub/Sub signs push requests with; it gets run.invoker on the daemon's service only.
@@ -282,6 +345,16 @@ step_accounts() {
     # The Pub/Sub service agent mints tokens for it (needed on projects created before 2021-04-08).
     retry gc iam service-accounts add-iam-policy-binding "$PUSH_SA" \
       --member="serviceAccount:$(pubsub_agent)" --role=roles/iam.serviceAccountTokenCreator >/dev/null
+  fi
+}
+
+ensure_repository_creator_role() {
+  if exists iam roles describe podiumRepositoryCreator; then
+    log "role podiumRepositoryCreator exists"
+  else
+    log "creating role podiumRepositoryCreator"
+    gc iam roles create podiumRepositoryCreator --title="Podium repository creator" \
+      --permissions=artifactregistry.repositories.create,artifactregistry.repositories.get
   fi
 }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from machines.architecture import Architecture, IamAccess
-from machines.hydration import all_services, infra_dataflow_name, service_account_email
+from machines.hydration import service_account_email
 from machines.iam_records import (
     PHASE_RANK,
     AccountKind,
@@ -17,7 +17,7 @@ from machines.iam_records import (
     ServiceAccountPlan,
 )
 
-__all__ = ["Collector", "access_policy_grant", "account_plan", "director_roles", "merge_bindings"]
+__all__ = ["PROJECT_ROLES", "Collector", "access_policy_grant", "account_plan", "director_roles", "merge_bindings"]
 
 
 class Collector:
@@ -86,17 +86,15 @@ def access_policy_grant(
 
 def director_roles(arch: Architecture) -> list[tuple[str, str]]:
     dataflows = arch.dataflows.values()
-    infra = infra_dataflow_name(arch)
 
     def any_of(attr: str) -> bool:
         return any(getattr(df.resources, attr) for df in dataflows)
 
-    services = all_services(arch)
     roles: list[tuple[str, str]] = []
     if any_of("topics") or any_of("subscriptions"):
         roles.append(
             (
-                "roles/pubsub.admin",
+                "roles/pubsub.editor",
                 "the director creates the dataflows' Pub/Sub topics and subscriptions",
             )
         )
@@ -105,7 +103,7 @@ def director_roles(arch: Architecture) -> list[tuple[str, str]]:
     if any_of("bigquery_datasets") or any_of("bigquery_tables"):
         roles.append(
             (
-                "roles/bigquery.admin",
+                "roles/bigquery.dataEditor",
                 "the director creates the dataflows' BigQuery datasets and tables",
             )
         )
@@ -113,30 +111,10 @@ def director_roles(arch: Architecture) -> list[tuple[str, str]]:
         roles.append(
             ("roles/datastore.owner", "the director creates the dataflows' Firestore databases")
         )
-    if any(df_name != infra for df_name, _ in services.values()):
-        roles.append(
-            (
-                "roles/iam.serviceAccountAdmin",
-                "the director ensures the dataflow services' accounts exist",
-            )
-        )
-    if any(
-        spec.deployment is not None and spec.deployment.secret_environment_vars
-        for _, spec in services.values()
-    ):
-        roles.append(
-            (
-                "roles/secretmanager.admin",
-                "the director manages access to the secrets services read",
-            )
-        )
-    if any(spec.dependencies for _, spec in services.values()):
-        roles.append(
-            (
-                "roles/run.admin",
-                "the director grants run.invoker on the Cloud Run services others depend on",
-            )
-        )
+    # Not the director's: IAM on accounts, secrets and Cloud Run services. Podium applies every
+    # binding itself (iam.provision, iam.bind, deploy), so the director needs no role that could
+    # edit a policy, least of all the daemon's own (serviceAccountAdmin, secretmanager.admin and
+    # run.admin could; the anchor granted all three).
     if any_of("cloud_scheduler_jobs"):
         roles.append(
             (
@@ -145,6 +123,15 @@ def director_roles(arch: Architecture) -> list[tuple[str, str]]:
             )
         )
     return roles
+
+
+# Every role the plan can grant on a project (the director's, and the Firestore roles services
+# and access policies get): deploy/setup.sh conditions the daemon's projectIamAdmin on exactly
+# these, so an architecture cannot make Podium grant anything else on the project.
+PROJECT_ROLES: frozenset[str] = frozenset({
+    "roles/bigquery.dataEditor", "roles/cloudscheduler.admin", "roles/datastore.owner",
+    "roles/datastore.user", "roles/datastore.viewer", "roles/pubsub.editor", "roles/storage.admin",
+})
 
 
 def merge_bindings(bindings: list[IamBinding]) -> tuple[IamBinding, ...]:

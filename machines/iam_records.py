@@ -27,6 +27,7 @@ ResourceType = Literal[
     "bigquery_table",
     "secret",
     "cloudrun_service",
+    "service_account",  # actAs on an account: who may deploy or schedule as it
 ]
 Phase = Literal["project", "resource"]
 PHASE_RANK = {"project": 0, "resource": 1}

@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 RECHECK_SECONDS = 5.0
+ACT_AS_RECHECK_SECONDS = 15.0
 T = TypeVar("T")
 Condition = run_v2.Condition
 
@@ -246,5 +247,11 @@ def _call(what: str, fn: Callable[[], T]) -> T:
         return fn()
     except (gexc.NotFound, gexc.AlreadyExists):
         raise
+    except gexc.PermissionDenied as exc:
+        if "actas" in str(exc).lower():
+            # The daemon was granted serviceAccountUser on the account moments ago (iam.provision);
+            # IAM takes minutes to propagate. Wait for it; the state's deadline bounds the wait.
+            raise NotReady(f"Cloud Run: cannot {what} yet: {exc.message}", retry_after=ACT_AS_RECHECK_SECONDS) from exc
+        raise api_error(exc, f"Cloud Run: cannot {what}") from exc
     except (gexc.GoogleAPICallError, gexc.RetryError) as exc:  # Aborted (etag), Unavailable, ...
         raise api_error(exc, f"Cloud Run: cannot {what}") from exc

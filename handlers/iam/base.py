@@ -67,6 +67,9 @@ def resource_name(binding: IamBinding, project: str) -> str:
         return f"projects/{project}/locations/{binding.resource_location or '-'}/services/{rid}"
     if kind == "secret":
         return f"projects/{project}/secrets/{rid}"
+    if kind == "service_account":  # an email; its project is the one in the email, if any
+        owner = rid.split("@", 1)[1].split(".", 1)[0] if rid.endswith(".iam.gserviceaccount.com") else "-"
+        return f"projects/{owner}/serviceAccounts/{rid}"
     if kind == "gcs_bucket":
         return f"projects/_/buckets/{rid}"
     if kind == "bigquery_dataset":

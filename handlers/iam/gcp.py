@@ -75,9 +75,13 @@ class GcpIam:
         secrets_client: Any = None,
         storage_client: Any = None,
         bigquery_client: Any = None,
+        deployer: str = "",
         max_policy_attempts: int = 5,
     ) -> None:
         self.project = project
+        # The daemon's own account: it gets serviceAccountUser on each account it creates (to
+        # deploy services as them) instead of on every account of the project.
+        self.deployer = deployer
         self.max_policy_attempts = max_policy_attempts
         self._made = clients or GcpClients(project)
         self._clients: dict[str, Any] = {
@@ -100,6 +104,7 @@ class GcpIam:
             "gcs_bucket": JsonPolicies(lambda: self._client("storage"), "bucket"),
             "bigquery_table": JsonPolicies(lambda: self._client("bigquery"), "table"),
             "bigquery_dataset": DatasetAccess(lambda: self._client("bigquery")),
+            "service_account": ProtoPolicies(lambda: self._client("iam")),
         }
 
     def in_project(self, project: str) -> GcpIam:
@@ -142,6 +147,13 @@ class GcpIam:
         except Exception as exc:  # noqa: BLE001 - mapped to a HandlerError
             raise api_error(exc, f"creating service account {email} in projects/{project}") from exc
         self._ensured.add(email)
+        if self.deployer and self.deployer != email:
+            # A new account may not be readable for a moment: NotFound is retryable (api_error).
+            self.add_binding(IamBinding(
+                member_sa=self.deployer, resource_type="service_account", resource_id=email,
+                role="roles/iam.serviceAccountUser", phase="project",
+                reason=f"the daemon deploys services that run as {email}",
+            ))
         return email
 
     def account_visible(self, email: str) -> bool:

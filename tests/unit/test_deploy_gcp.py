@@ -370,3 +370,17 @@ def test_no_image_is_a_clear_error(client: Any) -> None:
         deploy_gcp(make_ctx("publisher", {"images": {}}), client)
     assert failed.value.retryable is False and "publisher" in failed.value.message
     client.get_service.assert_not_called()
+
+
+def test_act_as_not_propagated_yet_is_waited_for_not_failed(client: Any) -> None:
+    client.get_service.side_effect = gexc.NotFound("no such service")
+    client.create_service.side_effect = gexc.PermissionDenied(
+        "Permission 'iam.serviceaccounts.actAs' denied on service account publisher-sa@my-project.iam.gserviceaccount.com"
+    )
+    with pytest.raises(NotReady) as pending:
+        deploy_gcp(make_ctx("publisher"), client)
+    assert pending.value.retry_after == 15
+    client.create_service.side_effect = gexc.PermissionDenied("run.services.create denied")
+    with pytest.raises(HandlerError) as denied:
+        deploy_gcp(make_ctx("publisher"), client)
+    assert denied.value.retryable is False

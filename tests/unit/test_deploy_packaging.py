@@ -31,6 +31,9 @@ import pytest
 import yaml
 
 from daemon.config import Settings
+from machines.architecture import Architecture
+from machines.iam_grants import PROJECT_ROLES
+from machines.iam_plan import plan_iam
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -386,9 +389,8 @@ def test_setup_sh_gives_a_reason_for_every_role() -> None:
         assert lines[n - 1].strip().startswith("# "), f"no reason comment above: {lines[n].strip()}"
     roles = {lines[n].split()[-1] for n in grants}
     assert {
-        "roles/datastore.user", "roles/iam.serviceAccountAdmin", "roles/resourcemanager.projectIamAdmin",
-        "roles/run.admin", "roles/iam.serviceAccountUser", "roles/cloudbuild.builds.editor",
-        "roles/artifactregistry.writer",
+        "roles/datastore.user", "roles/iam.serviceAccountAdmin", "roles/run.admin",
+        "roles/cloudbuild.builds.editor", "roles/artifactregistry.writer",
     } <= roles
     assert roles & {"roles/pubsub.editor", "roles/pubsub.admin"}
     assert "roles/owner" not in roles and "roles/editor" not in roles
@@ -398,6 +400,9 @@ FAKE_GCLOUD = r"""#!/usr/bin/env bash
 # Records each call (arguments separated by \x1f) and answers like a project that is empty
 # (FAKE_EXISTS=0: every describe fails) or already set up (FAKE_EXISTS=1).
 { printf '%s\x1f' "$@"; printf '\n'; } >> "$FAKE_DIR/calls"
+for arg in "$@"; do  # a condition file is gone once setup.sh exits: keep what it said
+  [[ "$arg" == --condition-from-file=* ]] && cat "${arg#*=}" >> "$FAKE_DIR/conditions"
+done
 args=" $* "
 case "$args" in
   *" projects describe "*) echo 123456789012; exit 0;;
@@ -635,7 +640,7 @@ def test_setup_push_mode(push_run: SetupRun) -> None:
     push_sa = "podium-push@demo-proj.iam.gserviceaccount.com"
     assert env_of(spec)["PODIUM_PUSH_SERVICE_ACCOUNT"] == push_sa
     names = [c[3] for c in push_run.calls if c[:3] == ["iam", "service-accounts", "create"]]
-    assert names == ["podium-daemon", "podium-push"]
+    assert names == ["podium-daemon", "podium-builder", "podium-push"]
     invoker = push_run.named("run", "services", "add-iam-policy-binding")
     assert len(invoker) == 1
     assert flags(invoker[0])["--member"] == f"serviceAccount:{push_sa}"
@@ -986,3 +991,42 @@ def test_setup_pubsub_step_on_the_emulator_equals_the_daemons_plumbing(emulators
             assert config(by_setup, name) == config(by_daemon, name), name
     finally:
         subscriber.close()
+
+
+def test_setup_grants_least_privilege(pull_run: SetupRun) -> None:
+    """Issue 12: no project-wide serviceAccountUser, projectIamAdmin only for the plan's roles,
+    the builder's roles on the builder, and no data-plane IAM roles unless asked for."""
+    daemon, builder = "serviceAccount:podium-daemon@demo-proj.iam.gserviceaccount.com", \
+        "serviceAccount:podium-builder@demo-proj.iam.gserviceaccount.com"
+    project = [flags(c) for c in pull_run.named("projects", "add-iam-policy-binding")]
+    of = {m: {f["--role"] for f in project if f["--member"] == m} for m in (daemon, builder)}
+    assert "roles/iam.serviceAccountUser" not in of[daemon]
+    assert of[builder] == {"roles/artifactregistry.writer", "roles/logging.logWriter"}
+    assert not of[daemon] & {"roles/owner", "roles/editor", "roles/secretmanager.admin", "roles/storage.admin",
+                             "roles/bigquery.dataOwner", "roles/artifactregistry.writer"}
+    (admin,) = [f for f in project if f["--role"] == "roles/resourcemanager.projectIamAdmin"]
+    assert "--condition-from-file" in admin and admin["--member"] == daemon
+    condition = yaml.safe_load((pull_run.dir / "conditions").read_text(encoding="utf-8"))
+    allowed = re.findall(r"'(roles/[^']+)'", condition["expression"])
+    assert set(allowed) == PROJECT_ROLES and "modifiedGrantsByRole" in condition["expression"]
+    acts = [flags(c) for c in pull_run.named("iam", "service-accounts", "add-iam-policy-binding")]
+    assert [(f["--member"], f["--role"], c[3]) for f, c in zip(acts, pull_run.named(
+        "iam", "service-accounts", "add-iam-policy-binding"), strict=True)] == [
+        (daemon, "roles/iam.serviceAccountUser", "podium-builder@demo-proj.iam.gserviceaccount.com")]
+
+
+def test_the_plan_never_grants_a_project_role_setup_did_not_allow(rich: Architecture, demo: Architecture) -> None:
+    for arch in (rich, demo):
+        granted = {b.role for b in plan_iam(arch).bindings if b.resource_type == "project"}
+        assert granted <= PROJECT_ROLES, granted - PROJECT_ROLES
+    text = SETUP.read_text(encoding="utf-8")
+    assert set(shell_var(text, "PLAN_PROJECT_ROLES").split()) == PROJECT_ROLES
+
+
+def test_data_plane_iam_roles_only_when_asked_for(tmp_path: Path) -> None:
+    run = run_setup(tmp_path, "demo-proj", env={"DATA_ROLES": "secrets,bigquery", "STEPS": "accounts"})
+    assert run.returncode == 0, run.stderr
+    roles = {flags(c)["--role"] for c in run.named("projects", "add-iam-policy-binding")}
+    assert {"roles/secretmanager.admin", "roles/bigquery.dataOwner"} <= roles and "roles/storage.admin" not in roles
+    bad = run_setup(tmp_path / "bad", "demo-proj", env={"DATA_ROLES": "everything", "STEPS": "accounts"})
+    assert bad.returncode != 0 and "DATA_ROLES" in bad.stderr

@@ -103,7 +103,8 @@ def test_every_binding_of_the_rich_plan_lands_on_its_resource(world: World, tmp_
     plan = plan_iam(arch)
     _resources_the_director_would_create(world, arch)
     settings = Settings(project="daemon-project", backend="gcp", state_dir=tmp_path)
-    backend = GcpIam("daemon-project", clients=GcpClients("daemon-project", world.endpoints()))
+    deployer = "podium-daemon@daemon-project.iam.gserviceaccount.com"
+    backend = GcpIam("daemon-project", clients=GcpClients("daemon-project", world.endpoints()), deployer=deployer)
     run = RunView.model_validate({"run_id": "rich-1", "architecture": arch.to_dict()})
 
     def ctx(kind: str, item: str | None) -> EffectContext:
@@ -113,6 +114,10 @@ def test_every_binding_of_the_rich_plan_lands_on_its_resource(world: World, tmp_
     assert sorted(world.iam.accounts(PROJECT)) == sorted(
         a.email for a in plan.service_accounts if a.email.endswith(f"@{PROJECT}.iam.gserviceaccount.com")
     )
+    for email in world.iam.accounts(PROJECT):  # actAs on the accounts it created, and on no other
+        granted = world.iam.account_policies.bindings(f"projects/{PROJECT}/serviceAccounts/{email}")
+        assert granted == {"roles/iam.serviceAccountUser": {f"serviceAccount:{deployer}"}}, email
+    assert world.iam.project_policies.bindings(f"projects/{PROJECT}").get("roles/iam.serviceAccountUser") is None
     _deployed(world, arch, "sd")
     effects.bind(ctx("iam.bind", "resources"), backend)
     for service in ("writer", "reader", "reporter"):
