@@ -56,7 +56,7 @@ from google.cloud import artifactregistry_v1 as ar
 from google.longrunning import operations_pb2
 from google.protobuf import timestamp_pb2
 
-from .grpc_server import FakeError, FakeServer, Unary
+from .grpc_server import FakeError, FakeServer, ServedFake, Unary
 
 __all__ = [
     "MEDIA_TYPE",
@@ -177,33 +177,18 @@ def _name_filter(expression: str) -> Callable[[str], bool]:
     return lambda name: bool(pattern.match(name))
 
 
-class ArtifactRegistryFake:
+class ArtifactRegistryFake(ServedFake):
     """Repositories and the Docker images pushed into them, per project and location."""
+
+    SERVICE = SERVICE
 
     def __init__(self, *, create_delay: float = 0.0) -> None:
         self.create_delay = create_delay
         self._lock = threading.Lock()
         self._repos: dict[str, ar.Repository] = {}
         self._images: dict[str, dict[str, ar.DockerImage]] = {}  # repository name → image name → image
-        self._server: FakeServer | None = None
 
-    # -- serving --------------------------------------------------------------------------------
-
-    def start(self) -> str:
-        """Serve on a loopback port; returns the endpoint (``127.0.0.1:<port>``)."""
-        server = FakeServer()
-        server.add(SERVICE, self.methods(server))
-        self._server = server
-        return server.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    @property
-    def endpoint(self) -> str:
-        return self._server.endpoint if self._server else ""
+    # -- serving (ServedFake: start, stop, endpoint) --------------------------------------------
 
     def methods(self, server: FakeServer) -> dict[str, Unary]:
         return {

@@ -105,7 +105,7 @@ from .artifact_registry import (
     now_timestamp,
     page,
 )
-from .grpc_server import FakeError, FakeServer, Unary, insecure_client
+from .grpc_server import FakeError, FakeServer, ServedFake, Unary, insecure_client
 
 __all__ = [
     "FAILED_BUILD_MESSAGE",
@@ -315,8 +315,10 @@ class _Timer:
                 self.errors.append(exc)
 
 
-class CloudBuildFake:
+class CloudBuildFake(ServedFake):
     """Builds of any project, moved along by a timer, pushing to an ``ArtifactRegistryFake``."""
+
+    SERVICE = SERVICE
 
     def __init__(
         self,
@@ -342,25 +344,12 @@ class CloudBuildFake:
         self._lock = threading.RLock()
         self._builds: dict[str, cb.Build] = {}
         self._timer = _Timer()
-        self._server: FakeServer | None = None
 
-    # -- serving --------------------------------------------------------------------------------
-
-    def start(self) -> str:
-        server = FakeServer()
-        server.add(SERVICE, self.methods(server))
-        self._server = server
-        return server.start()
+    # -- serving (ServedFake: start, endpoint) --------------------------------------------------
 
     def stop(self) -> None:
         self._timer.stop()
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    @property
-    def endpoint(self) -> str:
-        return self._server.endpoint if self._server else ""
+        super().stop()
 
     @property
     def timer_errors(self) -> list[BaseException]:

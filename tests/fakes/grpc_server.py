@@ -131,6 +131,32 @@ class FakeServer:
         self._server.stop(grace=None)
 
 
+class ServedFake:
+    """A fake API on a loopback server of its own: subclasses name ``SERVICE`` and give ``methods``."""
+
+    SERVICE: str = ""
+    _server: FakeServer | None = None
+
+    def methods(self, server: FakeServer) -> dict[str, Unary]:
+        raise NotImplementedError
+
+    def start(self) -> str:
+        """Serve on a loopback port; returns the endpoint (``127.0.0.1:<port>``)."""
+        server = FakeServer()
+        server.add(self.SERVICE, self.methods(server))
+        self._server = server
+        return server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def endpoint(self) -> str:
+        return self._server.endpoint if self._server else ""
+
+
 def _answering(call: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         try:

@@ -18,17 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.cloud import pubsub_v1
+from google.cloud import iam_admin_v1, pubsub_v1
 
 from daemon.config import Settings
 from handlers.configgen import generate_configs
+from handlers.iam.base import resource_name
 from handlers.secrets import child_env, service_env
 from machines.architecture import load_architecture
 from machines.hydration import all_services, hydrate
+from machines.iam_plan import IamBinding
 from tests.fakes.artifact_registry import ArtifactRegistryFake
+from tests.fakes.bigquery import BigQueryFake, start_bigquery_fake
 from tests.fakes.cloud_build import CloudBuildFake
 from tests.fakes.cloud_run import CloudRunFake, start_cloud_run_fake
+from tests.fakes.grpc_server import FakeServer, insecure_client
 from tests.fakes.iam_admin import IamFakes, start_iam_fakes
+from tests.fakes.iam_policy import PolicyStore
 from tests.fakes.pubsub_iam import PubsubIamFake, exists_in, start_pubsub_iam
 from tests.fakes.storage import StorageFake, start_storage_fake
 from tests.integration.conftest import (  # noqa: F401 - fixtures
@@ -41,6 +46,10 @@ ARCH_PROJECT = "podium-local"  # testdata's project_id: not the daemon's own pro
 SOURCE_BUCKET = "podium-e2e-sources"
 
 
+def daemon_account(project: str) -> str:
+    return f"podium-daemon@{project}.iam.gserviceaccount.com"
+
+
 @dataclass
 class GcpWorld:
     iam: IamFakes
@@ -49,6 +58,9 @@ class GcpWorld:
     registry: ArtifactRegistryFake
     builds: CloudBuildFake
     storage: StorageFake
+    bigquery: BigQueryFake
+    secrets: PolicyStore
+    secrets_server: FakeServer
     cloud_builds_topic: str
 
     def endpoints(self) -> str:
@@ -61,11 +73,31 @@ class GcpWorld:
                 f"cloudbuild={self.builds.endpoint}",
                 f"artifactregistry={self.registry.endpoint}",
                 f"storage={self.storage.endpoint}",
+                f"bigquery={self.bigquery.endpoint}",
+                f"secretmanager={self.secrets_server.endpoint}",
             ]
         )
 
+    def granted(self, b: IamBinding) -> bool:
+        """Whether the fake holding ``b``'s resource grants its role to its member."""
+        name = resource_name(b, ARCH_PROJECT)
+        stores = {"project": self.iam.project_policies, "pubsub_topic": self.pubsub_iam.policies,
+                  "pubsub_subscription": self.pubsub_iam.policies, "cloudrun_service": self.run.policies,
+                  "secret": self.secrets, "service_account": self.iam.account_policies}
+        if b.resource_type in stores:
+            return b.member in stores[b.resource_type].bindings(name).get(b.role, set())
+        if b.resource_type == "gcs_bucket":
+            policy = self.storage.client(ARCH_PROJECT).bucket(name.rsplit("/", 1)[1]).get_iam_policy()
+            return b.member in policy.get(b.role, set())
+        if b.resource_type == "bigquery_table":
+            _, project, _, dataset, _, table = name.split("/")
+            bindings = self.bigquery.table_policy(f"{project}.{dataset}.{table}").get("bindings", [])
+            return any(x["role"] == b.role and b.member in x.get("members", []) for x in bindings)
+        raise AssertionError(f"no fake holds {b.resource_type}")
+
     def stop(self) -> None:
-        for part in (self.builds, self.registry, self.run, self.pubsub_iam, self.iam, self.storage):
+        for part in (self.builds, self.registry, self.run, self.pubsub_iam, self.iam, self.storage,
+                     self.bigquery, self.secrets_server):
             part.stop()
 
 
@@ -87,6 +119,10 @@ def gcp_world(emulators, project: str, unique: str) -> Iterator[GcpWorld]:
         source_exists=source_exists,
     )
     builds.start()
+    secrets = PolicyStore()
+    secrets_server = FakeServer()
+    secrets_server.add("google.cloud.secretmanager.v1.SecretManagerService", secrets.methods())
+    secrets_server.start()
     world = GcpWorld(
         iam=start_iam_fakes([ARCH_PROJECT, project]),
         pubsub_iam=start_pubsub_iam(exists=exists_in(publisher, subscriber)),
@@ -94,8 +130,14 @@ def gcp_world(emulators, project: str, unique: str) -> Iterator[GcpWorld]:
         registry=registry,
         builds=builds,
         storage=storage,
+        bigquery=start_bigquery_fake(),
+        secrets=secrets,
+        secrets_server=secrets_server,
         cloud_builds_topic=f"cb-{unique}",
     )
+    # The daemon's own account, as deploy/setup.sh creates it: it is granted actAs per account.
+    insecure_client(iam_admin_v1.IAMClient, world.iam.admin_endpoint).create_service_account(
+        name=f"projects/{project}", account_id="podium-daemon")
     yield world
     world.stop()
 
@@ -122,6 +164,7 @@ def gcp_daemon(
 ) -> Callable[..., DaemonProcess]:
     def make(name: str = "daemon", **extra_env: str) -> DaemonProcess:
         env = {
+            "PODIUM_SERVICE_ACCOUNT": daemon_account(gcp_settings.project),
             "PODIUM_GCP_ENDPOINTS": gcp_settings.gcp_endpoints,
             "PODIUM_CLOUD_BUILDS_TOPIC": gcp_settings.cloud_builds_topic,
             "PODIUM_PREFLIGHT_TIMEOUT_SECONDS": str(gcp_settings.preflight_timeout_seconds),

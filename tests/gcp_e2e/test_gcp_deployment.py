@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 import yaml
+from google.cloud import bigquery
 
 from cli.upload import upload_source
 from daemon.config import Settings
 from daemon.pubsub import ensure_daemon_plumbing
-from handlers.iam.base import resource_name
 from machines.architecture import load_architecture
 from machines.hydration import hydrate
-from machines.iam_plan import IamBinding, plan_iam
-from tests.gcp_e2e.conftest import ARCH_PROJECT, SOURCE_BUCKET, GcpWorld
+from machines.iam_plan import plan_iam
+from tests.conftest import TEST_PROJECT
+from tests.gcp_e2e.conftest import ARCH_PROJECT, SOURCE_BUCKET, GcpWorld, daemon_account
 from tests.integration.conftest import publish, wait_status
 
 pytestmark = [pytest.mark.gcp_e2e, pytest.mark.slow]
@@ -39,13 +40,27 @@ def _deploy(settings: Settings, db: Any, workspace: Path, run_id: str, timeout: 
     return doc
 
 
-def _store_of(world: GcpWorld, binding: IamBinding) -> Any:
-    return {
-        "project": world.iam.project_policies,
-        "pubsub_topic": world.pubsub_iam.policies,
-        "pubsub_subscription": world.pubsub_iam.policies,
-        "cloudrun_service": world.run.policies,
-    }[binding.resource_type]
+def _with_every_kind_of_binding(world: GcpWorld, workspace: Path) -> None:
+    """testdata plus a bucket, a BigQuery table, a secret and a scheduler job, so the plan has
+    every kind of binding; the bucket and the table are made here, standing in for the director
+    (which creates Pub/Sub resources only until issue 13)."""
+    path = workspace / "architecture.yaml"
+    doc = yaml.safe_load(path.read_text())
+    tracer = doc["dataflows"]["tracer"]
+    tracer["resources"]["gcs_buckets"] = [
+        {"name": "podium-e2e-archive", "producers": [{"name": "publisher"}], "consumers": [{"name": "subscriber"}]}]
+    tracer["resources"]["bigquery_tables"] = [
+        {"name": "ticks", "dataset": "tracer_data", "producers": [{"name": "publisher"}],
+         "consumers": [{"name": "subscriber"}]}]
+    tracer["resources"]["cloud_scheduler_jobs"] = [
+        {"name": "nightly", "schedule": "0 3 * * *", "target_service": "subscriber"}]
+    tracer["services"]["subscriber"]["deployment"]["secret_environment_vars"] = [
+        {"name": "API_KEY", "value_from": "api-key"}]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    world.storage.client(ARCH_PROJECT).create_bucket("podium-e2e-archive")
+    bq = world.bigquery.client(ARCH_PROJECT)
+    bq.create_dataset(f"{ARCH_PROJECT}.tracer_data")
+    bq.create_table(bigquery.Table(f"{ARCH_PROJECT}.tracer_data.ticks"))
 
 
 def _footprint(world: GcpWorld) -> dict[str, Any]:
@@ -65,10 +80,13 @@ def _assert_everything_as_planned(world: GcpWorld, workspace: Path, doc: dict[st
     plan = plan_iam(arch)
     accounts = world.iam.accounts(ARCH_PROJECT)
     assert sorted(accounts) == sorted({a.email for a in plan.service_accounts})
-    for b in plan.bindings:
-        name = resource_name(b, ARCH_PROJECT)
-        granted = _store_of(world, b).bindings(name)
-        assert b.member in granted.get(b.role, set()), f"{b.role} for {b.member} missing on {name}"
+    deployer = f"serviceAccount:{daemon_account(TEST_PROJECT)}"
+    for email in accounts:  # the daemon may act as each account it created, granted per account
+        policy = world.iam.account_policies.bindings(f"projects/{ARCH_PROJECT}/serviceAccounts/{email}")
+        assert policy.get("roles/iam.serviceAccountUser") == {deployer}, email
+    missing = [f"{b.role} for {b.member} on {b.resource_type} {b.resource_id}" for b in plan.bindings
+               if not world.granted(b)]
+    assert not missing, missing
     repository = f"projects/{ARCH_PROJECT}/locations/{REGION}/repositories/podium"
     assert [r.name for r in world.registry.repositories()] == [repository]
     pushed = Counter(ref.split("/")[-1].split(":")[0] for ref in world.registry.pushed())
@@ -91,9 +109,15 @@ def test_a_gcp_deploy_from_a_gs_tarball_creates_exactly_the_plan_and_redeploys_i
     assert gcp_settings.project != ARCH_PROJECT  # the daemon deploys into another project
     ensure_daemon_plumbing(gcp_settings)
     gcp_daemon().start()
+    _with_every_kind_of_binding(gcp_world, workspace)
 
     first = _deploy(gcp_settings, db, workspace, "gcp-1")
     _assert_everything_as_planned(gcp_world, workspace, first)
+    kinds = {b.resource_type for b in plan_iam(load_architecture((workspace / "architecture.yaml").read_text())).bindings}
+    assert kinds >= {"project", "pubsub_topic", "pubsub_subscription", "cloudrun_service", "secret", "gcs_bucket",
+                     "bigquery_table"}
+    invokers = gcp_world.run.bindings(f"projects/{ARCH_PROJECT}/locations/{REGION}/services/subscriber")
+    assert f"serviceAccount:nightly-sa@{ARCH_PROJECT}.iam.gserviceaccount.com" in invokers["roles/run.invoker"]
 
     before = _footprint(gcp_world)
     _deploy(gcp_settings, db, workspace, "gcp-2")

@@ -102,12 +102,12 @@ def test_provision_then_verify_after_the_simulated_delay(
     plan = plan_iam(demo)
     assert created.type == "iam.accounts_created"
     assert created.data["service_accounts"] == {a.service: a.email for a in plan.service_accounts}
-    assert created.data["bindings"] == len(plan.for_phase("project")) == 3
+    assert created.data["bindings"] == len(plan.for_phase("project")) == 1  # the director's pubsub.editor
     accounts = docs(firestore_client, "account~")
     assert set(accounts) == {f"account~{e}" for e in plan.emails()}
     for doc in accounts.values():
         assert doc["visible_at"] > doc["created_at"]
-    assert len(docs(firestore_client, "binding~")) == 3
+    assert len(docs(firestore_client, "binding~")) == 1
 
     verify_ctx = make_ctx(demo, settings, "iam.verify", "accounts")
     first = effects.verify(verify_ctx, backend)
@@ -117,7 +117,7 @@ def test_provision_then_verify_after_the_simulated_delay(
     out, checks = poll(lambda: effects.verify(verify_ctx, backend))
     assert time.monotonic() - started >= DELAY  # never visible before the simulated delay
     assert (out.type, out.item) == ("iam.verified", "accounts")
-    assert out.data == {"checked": len(plan.emails()) + 3}
+    assert out.data == {"checked": len(plan.emails()) + 1}
     assert checks >= 1
 
 
