@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from machines.architecture import Architecture, IamAccess
+from machines.architecture.cross_checks import FIRESTORE_ROLES
 from machines.hydration import service_account_email
 from machines.iam_records import (
     PHASE_RANK,
@@ -128,10 +129,9 @@ def director_roles(arch: Architecture) -> list[tuple[str, str]]:
 # Every role the plan can grant on a project (the director's, and the Firestore roles services
 # and access policies get): deploy/setup.sh conditions the daemon's projectIamAdmin on exactly
 # these, so an architecture cannot make Podium grant anything else on the project.
-PROJECT_ROLES: frozenset[str] = frozenset({
-    "roles/bigquery.dataEditor", "roles/cloudscheduler.admin", "roles/datastore.owner",
-    "roles/datastore.user", "roles/datastore.viewer", "roles/pubsub.editor", "roles/storage.admin",
-})
+PROJECT_ROLES: frozenset[str] = FIRESTORE_ROLES | {
+    "roles/bigquery.dataEditor", "roles/cloudscheduler.admin", "roles/pubsub.editor", "roles/storage.admin",
+}
 
 
 def merge_bindings(bindings: list[IamBinding]) -> tuple[IamBinding, ...]:

@@ -25,7 +25,7 @@ from machines.architecture.naming import (
 )
 from machines.architecture.problems import Loc, format_path
 
-__all__ = ["cross_check"]
+__all__ = ["FIRESTORE_ROLES", "cross_check"]
 
 _DIRECTOR: Loc = ("service_manager_spec",)
 _SHARED_RESOURCE_KINDS = ("bigquery_datasets", "firestore_databases")
@@ -45,6 +45,10 @@ _IO_RESOURCE_KINDS = ("bigquery_tables", "gcs_buckets", "firestore_databases", "
 Declared = dict[str, dict[str, Loc]]
 """Where each resource was first declared: kind → key → path of its ``name``."""
 
+
+# The project roles a Firestore database's access policy may grant (machines.iam_grants.PROJECT_ROLES
+# includes them; deploy/setup.sh lets the daemon grant nothing else on a project).
+FIRESTORE_ROLES: frozenset[str] = frozenset({"roles/datastore.owner", "roles/datastore.user", "roles/datastore.viewer"})
 
 def cross_check(doc: Mapping[str, Any]) -> list[str]:
     """Every cross-reference problem of a normalised document, as ``"<path>: <what>"`` lines.
@@ -390,6 +394,15 @@ def _iam_grant_links(base: Loc, resources: Mapping[Any, Any], known: _Known) -> 
         for i, item in _items(resources.get(kind)):
             for j, grant in _items(item.get("iam_access_policy")):
                 loc: Loc = (*base, kind, i, "iam_access_policy", j, "name")
+                role = grant.get("role")
+                if kind == "firestore_databases" and isinstance(role, str) and role not in FIRESTORE_ROLES:
+                    # A database's grant lands on the project: only Firestore's data roles, or an
+                    # architecture could have Podium grant anything on the project.
+                    allowed = ", ".join(sorted(FIRESTORE_ROLES))
+                    problems.append(_problem(
+                        (*base, kind, i, "iam_access_policy", j, "role"),
+                        f"{role!r}: a Firestore database's grant is a project role; one of {allowed}",
+                    ))
                 if grant.get("type") == "service-account":
                     n = _name(grant.get("name"))
                     sa_problem = None if n is None else service_account_problem(n)

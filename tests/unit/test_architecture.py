@@ -20,6 +20,7 @@ from machines.architecture import (
     service_account_problem,
 )
 from machines.errors import InvalidArchitecture, PodiumError
+from tests.architectures import rich_yaml
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata" / "architecture.yaml"
 
@@ -898,3 +899,17 @@ def test_harmless_variables_are_accepted_and_malformed_names_are_not() -> None:
         f"{PUBLISHER}.environment_vars: variable name 'A=B' must be non-empty, without '=' or NUL; "
         "the value of 'OK' contains a NUL character"
     ]
+
+
+def test_a_firestore_databases_grant_is_limited_to_firestore_roles() -> None:
+    """It becomes a project binding: anything else would let an architecture grant itself the
+    project (and the daemon's conditioned projectIamAdmin would refuse it only at run time)."""
+    doc = yaml.safe_load(rich_yaml())
+    database = doc["dataflows"]["ingest"]["resources"]["firestore_databases"][0]
+    database["iam_access_policy"] = [{"name": "reader", "role": "roles/datastore.viewer"}]
+    load_architecture(yaml.safe_dump(doc))
+    for role in ("roles/owner", "roles/iam.securityAdmin", "roles/datastore.importExportAdmin"):
+        database["iam_access_policy"] = [{"name": "reader", "role": role}]
+        with pytest.raises(InvalidArchitecture) as bad:
+            load_architecture(yaml.safe_dump(doc))
+        assert "firestore_databases[0].iam_access_policy[0].role" in str(bad.value) and role in str(bad.value)
