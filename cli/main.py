@@ -66,6 +66,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"command": "start", "architecture_yaml": text, "source_root": source_root}
     if args.run_id:
         body["run_id"] = args.run_id
+    if args.skip_preflight:
+        body["skip_preflight"] = True
     message_id = publish_command(settings, body)
     run_id = args.run_id or message_id
     if args.json:
@@ -241,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until the run ends; exit code by its status")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait with --wait")
     p.add_argument("--no-validate", action="store_true", help="skip local validation before publishing")
+    p.add_argument(
+        "--skip-preflight",
+        action="store_true",
+        help="run no service's own tests before building (each is recorded as skipped)",
+    )
     p.add_argument(
         "--upload",
         metavar="gs://BUCKET/OBJECT.tar.gz",

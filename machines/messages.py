@@ -68,6 +68,7 @@ class StartCommand(_Strict):
     architecture_yaml: str | None = None
     source_root: str | None = Field(default=None, max_length=4096)
     trace_id: TraceId | None = None
+    skip_preflight: bool = False  # every service's preflight is skipped (recorded as such)
 
     @model_validator(mode="after")
     def _one_architecture(self) -> StartCommand:

@@ -12,7 +12,7 @@ from typing import Any
 from machines.draft import RunDraft
 from machines.messages import Event, RunState
 
-__all__ = ["attempt_of", "record_item_failure", "record_outputs", "stale_reason"]
+__all__ = ["attempt_of", "record_item_failure", "record_outputs", "record_resources", "stale_reason"]
 
 _IAM_ITEM = {"verifying_iam": "accounts", "verifying_dataflow_iam": "resources"}
 
@@ -64,6 +64,27 @@ def record_outputs(run: RunDraft, event: Event) -> None:
         run.outputs.setdefault("urls", {})[event.item or ""] = data["url"]
     elif event.type == "iam.accounts_created":
         run.outputs["service_accounts"] = dict(data.get("service_accounts", {}))
+    if event.type in ("director.dataflow_complete", "director.dependent_complete"):
+        record_resources(run, data.get("resources"))
+
+
+RESOURCE_FIELDS = ("kind", "name", "dataflow", "location")
+MAX_RESOURCES = 500  # with the architecture (at most 800 KiB) the document stays under 1 MiB
+
+
+def record_resources(run: RunDraft, reported: Any) -> None:
+    """Merge what the director reports it created into ``outputs.resources`` (a list of
+    ``{kind, name, dataflow, location}``, one per (kind, name, location), in a stable order).
+    Malformed entries are left out: the reply is the director's, not ours to trust."""
+    if not isinstance(reported, list):
+        return
+    known = {(r["kind"], r["name"], r["location"]): r for r in run.outputs.get("resources", [])}
+    for item in reported[:MAX_RESOURCES]:
+        if isinstance(item, Mapping) and all(isinstance(item.get(f), str) and item[f] for f in RESOURCE_FIELDS):
+            entry = {f: str(item[f])[:256] for f in RESOURCE_FIELDS}
+            known[(entry["kind"], entry["name"], entry["location"])] = entry
+    ordered = sorted(known.values(), key=lambda r: (r["dataflow"], r["kind"], r["name"], r["location"]))
+    run.outputs["resources"] = ordered[:MAX_RESOURCES]
 
 
 _FAILURE_PHASE = {

@@ -59,7 +59,12 @@ def prepare_architecture(
     if not arch.project_id:
         arch = arch.model_copy(update={"project_id": default_project})
     hydrated = hydrate(arch)
-    prepared = PreparedArchitecture(hydrated.name, hydrated.to_dict(), plan_of(hydrated))
+    plan = plan_of(hydrated)
+    if command.skip_preflight:
+        # The run carries it in its plan; the preflight handler reports each service skipped,
+        # so the machine's preflight phase (and its fan-in) is the same with or without it.
+        plan["skip_preflight"] = True
+    prepared = PreparedArchitecture(hydrated.name, hydrated.to_dict(), plan)
     _fits_in_a_run_document(prepared, source)
     return prepared
 

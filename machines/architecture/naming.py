@@ -194,6 +194,17 @@ def relative_path_problem(value: str) -> str | None:
     return None
 
 
+def preflight_program_problem(program: str) -> str | None:
+    """``preflight.command[0]``: a file of the service, as a relative path (``./test.sh``): no PATH
+    lookup, no absolute path, no ``..``. A start command may run only the service's own code."""
+    parts = re.split(r"[/\\]", program)
+    if program.startswith(("/", "\\")) or "/" not in program or ".." in parts:
+        return (f"{program!r}: the program must be a file of the service given as a relative path "
+                "like ./test.sh (no PATH lookup, no absolute path, no '..'): a start command may run "
+                "only the service's own code; wrap other tools in such a script")
+    return None
+
+
 # Variables that make a loader or an interpreter load or run code of the variable's choosing:
 # a start command must not be able to run anything beyond the service's own code.
 _CODE_VARS = frozenset(
@@ -204,9 +215,11 @@ _CODE_VARS = frozenset(
         "RUBYOPT", "RUBYLIB",
         "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH",
         "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCPATH", "NLSPATH", "RESOLV_HOST_CONF",
+        # go test: -toolexec/-exec in GOFLAGS, a go.env elsewhere, a downloaded toolchain, compilers
+        "GOFLAGS", "GOENV", "GOTOOLCHAIN", "GOROOT", "GOCACHEPROG", "CC", "CXX", "FC", "AR",
     }
 )
-_CODE_VAR_PREFIXES = ("LD_", "DYLD_", "BASH_FUNC_")
+_CODE_VAR_PREFIXES = ("LD_", "DYLD_", "BASH_FUNC_", "CGO_")
 # PYTHON* is refused but for these, which only tune the interpreter (PYTHONPATH, PYTHONSTARTUP,
 # PYTHONHOME, PYTHONUSERBASE, PYTHONWARNINGS, PYTHONBREAKPOINT, ... all import code).
 _HARMLESS_PYTHON_VARS = frozenset(

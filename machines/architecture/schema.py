@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from machines.architecture.cloud_resources import CloudResourcesSpec, ServiceMapping
 from machines.architecture.cloud_run_sizes import sizing_problem
@@ -36,7 +36,7 @@ from machines.architecture.fields import (
     SourcePath,
     Text,
 )
-from machines.architecture.naming import env_var_problem
+from machines.architecture.naming import env_var_problem, preflight_program_problem
 from machines.architecture.problems import describe, translate
 from machines.errors import InvalidArchitecture
 
@@ -46,6 +46,7 @@ __all__ = [
     "Environment",
     "HealthCheckSpec",
     "Lifecycle",
+    "PreflightSpec",
     "ResourceGroup",
     "SecretEnvVar",
     "ServiceManagerSpec",
@@ -64,6 +65,46 @@ class SecretEnvVar(Model):
     value_from: Required
 
 
+MAX_PREFLIGHT_TIMEOUT_SECONDS = 3600
+
+
+def _command_input(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(
+            f"expected a list of strings (the program and its arguments, no shell), "
+            f"e.g. [npm, test]; got {describe(value)}"
+        )
+    return () if value is None else value
+
+
+def _whole_seconds(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number of seconds, got {describe(value)}")
+    return value
+
+
+class PreflightSpec(Model):
+    """How a service's own tests run before it is built (Podium's key; the anchor always ran
+    ``go test ./...``). Without ``command`` the runner is chosen from the folder: ``go.mod`` →
+    ``go test ./...``, Python → pytest (``handlers/preflight.py``)."""
+
+    command: Annotated[tuple[Required, ...], BeforeValidator(_command_input)] = ()
+    timeout_seconds: Annotated[
+        int, BeforeValidator(_whole_seconds), Field(ge=1, le=MAX_PREFLIGHT_TIMEOUT_SECONDS)
+    ] | None = None
+    skip: bool = False
+
+    @field_validator("command")
+    @classmethod
+    def _no_nul(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any("\x00" in arg for arg in value):
+            raise ValueError("an argument contains a NUL character")
+        problem = preflight_program_problem(value[0]) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 class DeploymentSpec(Model):
     source_path: SourcePath
     buildable_module_path: ModulePath = ""
@@ -79,6 +120,7 @@ class DeploymentSpec(Model):
     max_instances: Annotated[int, Field(ge=0)] | None = None
     environment_vars: Map[Text] = Field(default_factory=dict)
     secret_environment_vars: Seq[SecretEnvVar] = ()
+    preflight: PreflightSpec | None = None  # Podium's: how this service's tests run (or skip: true)
 
     @model_validator(mode="after")
     def _cloud_run_sizes(self) -> DeploymentSpec:

@@ -64,6 +64,13 @@ def test_testdata_deploys_end_to_end_and_messages_flow(local_settings, db, daemo
     assert doc["status"] == "succeeded", doc.get("error")
     assert all(img.startswith("local://") and "@sha256:" in img for img in doc["outputs"]["images"].values())
     assert set(doc["outputs"]["service_accounts"]) == {"director", "publisher", "subscriber"}
+    assert [(r["kind"], r["name"], r["dataflow"]) for r in doc["outputs"]["resources"]] == [
+        ("pubsub_subscription", "director-commands-sub", "director-infra"),
+        ("pubsub_topic", "director-commands", "director-infra"),
+        ("pubsub_topic", "director-completions", "director-infra"),
+        ("pubsub_subscription", "tracer-sub", "tracer"),
+        ("pubsub_topic", "tracer-topic", "tracer"),
+    ]
     assert (workspace / "publisher" / "resources.yaml").is_file()
     assert (workspace / "director" / "services.yaml").is_file()
     ok, detail = verify_dataflow(doc)

@@ -913,3 +913,82 @@ def test_a_firestore_databases_grant_is_limited_to_firestore_roles() -> None:
         with pytest.raises(InvalidArchitecture) as bad:
             load_architecture(yaml.safe_dump(doc))
         assert "firestore_databases[0].iam_access_policy[0].role" in str(bad.value) and role in str(bad.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# deployment.preflight (Podium's key).
+# ---------------------------------------------------------------------------------------------
+
+
+def test_preflight_block_is_read_kept_and_survives_hydration() -> None:
+    from machines.hydration import hydrate
+
+    data = base()
+    tracer(data)["services"]["publisher"]["deployment"]["preflight"] = {
+        "command": ["./scripts/test.sh", "--", 3], "timeout_seconds": 90,
+    }
+    tracer(data)["services"]["subscriber"]["deployment"]["preflight"] = {"skip": True}
+    arch = Architecture.from_dict(data)
+    publisher = arch.dataflows["tracer"].services["publisher"].deployment
+    subscriber = arch.dataflows["tracer"].services["subscriber"].deployment
+    assert publisher is not None and publisher.preflight is not None
+    assert publisher.preflight.command == ("./scripts/test.sh", "--", "3")  # scalars read as strings
+    assert publisher.preflight.timeout_seconds == 90 and not publisher.preflight.skip
+    assert subscriber is not None and subscriber.preflight is not None and subscriber.preflight.skip
+    assert subscriber.preflight.command == () and subscriber.preflight.timeout_seconds is None
+    read_back = Architecture.from_dict(hydrate(arch).to_dict())  # what a run document holds
+    hydrated = read_back.dataflows["tracer"].services["publisher"].deployment
+    assert hydrated is not None and hydrated.preflight == publisher.preflight
+    skipped = read_back.dataflows["tracer"].services["subscriber"].deployment
+    assert skipped is not None and skipped.preflight is not None and skipped.preflight.skip
+
+
+@pytest.mark.parametrize(
+    ("preflight", "expected"),
+    [
+        ("npm test", "preflight: expected a mapping, got a string ('npm test')"),
+        ({"command": "npm test"}, "preflight.command: expected a list of strings (the program and its "
+                                  "arguments, no shell), e.g. [npm, test]; got a string ('npm test')"),
+        ({"command": ["./t.sh", ""]}, "preflight.command[1]: must not be empty"),
+        ({"command": ["./t.sh", {"run": "test"}]}, "preflight.command[1]: expected a string, got a mapping"),
+        ({"command": ["./t.sh", "te\x00st"]}, "preflight.command: an argument contains a NUL character"),
+        ({"timeout_seconds": 0}, "preflight.timeout_seconds: input should be greater than or equal to 1"),
+        ({"timeout_seconds": 3601}, "preflight.timeout_seconds: input should be less than or equal to 3600"),
+        ({"timeout_seconds": "soon"}, "preflight.timeout_seconds: expected an integer, got a string ('soon')"),
+        ({"timeout_seconds": 1.5}, "preflight.timeout_seconds: expected a whole number, got a number (1.5)"),
+        ({"timeout_seconds": True}, "preflight.timeout_seconds: expected a whole number of seconds, "
+                                    "got a boolean (true)"),
+        ({"skip": "maybe"}, "preflight.skip: expected true or false, got a string ('maybe')"),
+        ({"comand": ["make", "test"]}, "preflight.comand: unknown key; did you mean 'command'?"),
+    ],
+)
+def test_malformed_preflight_block_is_refused(preflight: Any, expected: str) -> None:
+    data = base()
+    tracer(data)["services"]["publisher"]["deployment"]["preflight"] = preflight
+    assert problems_of(data) == [f"{PUBLISHER}.{expected}"]
+
+
+@pytest.mark.parametrize("program", ["npm", "sh", "/bin/sh", "../x/t.sh", "scripts/../../t.sh", "\\\\host\\t"])
+def test_a_preflight_command_runs_only_a_file_of_the_service(program: str) -> None:
+    data = base()
+    tracer(data)["services"]["publisher"]["deployment"]["preflight"] = {"command": [program, "-c", "x"]}
+    (problem,) = problems_of(data)
+    assert problem.startswith(f"{PUBLISHER}.preflight.command: {program!r}: the program must be a file of the service")
+    for ok in ("./test.sh", "scripts/test.sh"):
+        tracer(data)["services"]["publisher"]["deployment"]["preflight"] = {"command": [ok]}
+        Architecture.from_dict(data)
+
+
+def test_preflight_belongs_under_deployment() -> None:
+    data = base()
+    tracer(data)["services"]["publisher"]["preflight"] = {"skip": True}
+    (problem,) = problems_of(data)
+    assert problem.startswith("dataflows.tracer.services.publisher.preflight: unknown key"), problem
+
+
+@pytest.mark.parametrize("name", ["GOFLAGS", "GOENV", "GOTOOLCHAIN", "CGO_LDFLAGS", "CC", "CXX"])
+def test_variables_that_make_go_test_run_other_code_are_refused(name: str) -> None:
+    data = base()
+    tracer(data)["services"]["publisher"]["deployment"]["environment_vars"] = {name: "-toolexec=/tmp/x"}
+    (problem,) = problems_of(data)
+    assert f"variable {name!r} is refused" in problem

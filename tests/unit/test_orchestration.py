@@ -1434,3 +1434,18 @@ def test_an_effect_success_of_an_earlier_attempt_is_ignored() -> None:
 )
 def test_the_attempt_of_an_outcome_is_read_past_items_named_like_attempts(event: Event, attempt: int | None) -> None:
     assert attempt_of(event) == attempt
+
+
+def test_the_resources_the_director_reports_are_recorded_once_each() -> None:
+    """Contract (issue 13): ``outputs.resources`` lists ``{kind, name, dataflow, location}``."""
+    run = run_at("provisioning_dataflows")
+    topic = {"kind": "pubsub_topic", "name": "tracer-topic", "dataflow": "tracer", "location": "global"}
+    sub = {"kind": "pubsub_subscription", "name": "tracer-sub", "dataflow": "tracer", "location": "global"}
+    junk: list[Any] = [{"kind": "gcs_bucket"}, "not a map", {**topic, "name": 7}]
+    d = apply(run, ev("director.dataflow_complete", "tracer", resources=[sub, topic, *junk]))
+    assert d.run.outputs["resources"] == [sub, topic]  # ordered by dataflow, kind, name
+    infra = {"kind": "pubsub_topic", "name": "director-commands", "dataflow": "director-infra",
+             "location": "global"}
+    d = apply(d.run, ev("director.dataflow_complete", "director-infra", resources=[infra, topic]))
+    assert d.run.outputs["resources"] == [infra, sub, topic]  # merged, the repeated topic once
+    assert "resources" not in run.outputs  # the input snapshot is untouched

@@ -163,7 +163,13 @@ class Director:
                 sub["name"], sub["topic"], sub.get("ack_deadline_seconds")
             )
             (created if made else existed).append(sub["name"])
-        data: dict[str, Any] = {"created": created, "existed": existed}
+        dataflow = str(command.get("dataflow"))
+        # What now exists for the dataflow, in the shape the daemon records (outputs.resources).
+        resources = [{"kind": "pubsub_topic", "name": t["name"], "dataflow": dataflow, "location": "global"}
+                     for t in topics]
+        resources += [{"kind": "pubsub_subscription", "name": s["name"], "dataflow": dataflow,
+                       "location": "global"} for s in subscriptions]
+        data: dict[str, Any] = {"created": created, "existed": existed, "resources": resources}
         if ignored:
             data["ignored"] = ignored
         return "director.dataflow_complete", data
