@@ -2,8 +2,9 @@
 
 Which runner (``choose_runner``), first match wins:
 
-1. ``deployment.preflight.command`` in the architecture file: that program and its arguments,
-   as a list (no shell), for any language (``[npm, test]``, ``[cargo, test]``, ``[./test.sh]``);
+1. ``deployment.preflight.command`` in the architecture file: a file of the service (``./test.sh``,
+   resolved inside its folder; no PATH lookup: a start command runs only the service's own code)
+   and its arguments, as a list (no shell), for any language (the script may run npm, cargo, ...);
 2. a ``go.mod`` in the service folder: ``go test ./...`` (the Go anchor's preflight), with the
    ``go`` found on the child's ``PATH``; without one the service fails with what to install;
 3. Python (a ``pyproject.toml``/``setup.py``/``conftest.py``/... or any ``*.py`` file):
@@ -22,8 +23,9 @@ What a service's preflight comes to (``PreflightResult.result``, ``data.result``
 * ``skipped``: ``deployment.preflight.skip: true`` for that service, or the run was started with
   ``skip_preflight`` (``podium start --skip-preflight``): nothing runs (``preflight.passed``).
 * ``failed``: the tests failed (``reason: failed``), hung past the timeout (``timeout``), the
-  folder is missing (``missing_dir``) or the runner is not installed (``missing_tool``; the
-  message names what to install) — ``preflight.failed`` fails the run with the output's tail.
+  folder is missing (``missing_dir``), the runner or the command's file is missing
+  (``missing_tool``; the message says what to do) or the command's file resolves outside the
+  folder (``refused``) — ``preflight.failed`` fails the run with the output's tail.
 
 Each run is a subprocess in its own process group, so a hanging test (and anything it spawned)
 is killed as a whole on timeout. The timeout is the daemon's ``PODIUM_PREFLIGHT_TIMEOUT_SECONDS``,

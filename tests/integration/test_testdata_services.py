@@ -354,13 +354,17 @@ def test_dataflow_setup_is_idempotent_per_command_and_per_resource(
 
     first = harness.send("dataflow-setup", run_id="run-setup", payload=payload)
     reply = harness.reply(first)
+    resources = [  # what exists for the dataflow, as outputs.resources records it
+        {"kind": "pubsub_topic", "name": topic, "dataflow": "tracer", "location": "global"},
+        {"kind": "pubsub_subscription", "name": sub, "dataflow": "tracer", "location": "global"},
+    ]
 
     assert reply.envelope == {
         "run_id": "run-setup",
         "event_id": f"director~{first}~dataflow_complete",
         "type": "director.dataflow_complete",
         "item": "tracer",
-        "data": {"command_id": first, "created": [topic, sub], "existed": []},
+        "data": {"command_id": first, "created": [topic, sub], "existed": [], "resources": resources},
     }
     assert harness.topic_exists(topic)
     created_sub = harness.get_subscription(sub)
@@ -379,6 +383,7 @@ def test_dataflow_setup_is_idempotent_per_command_and_per_resource(
         "command_id": second,
         "created": [],
         "existed": [topic, sub],
+        "resources": resources,
     }
     topics = [
         t.name
