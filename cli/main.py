@@ -131,7 +131,7 @@ def _send(args: argparse.Namespace, command: str) -> int:
         print(f"{args.run_id}: {result['from']} -> {result['to']} ({result['status']})")
     if record is None:
         return EXIT_TIMEOUT
-    wanted = "cancelled" if command == "cancel" else "running"
+    wanted = "cancelled" if command == "cancel" else "running"  # teardown runs on: watch it end
     applied = record.get("outcome") == "applied"
     return EXIT_OK if applied and result["status"] == wanted else EXIT_RUN_FAILED
 
@@ -169,6 +169,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     return _send(args, "retry")
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    return _send(args, "teardown")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -259,14 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="list runs, or show one run")
     p.add_argument("run_id", nargs="?", help="a run id")
-    p.add_argument("--status", choices=["running", "succeeded", "failed", "cancelled"], help="filter the list")
+    p.add_argument("--status", choices=["running", "succeeded", "failed", "cancelled", "torn_down"],
+                   help="filter the list")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--events", action="store_true", help="with RUN: show the audit log")
     _add_json(p)
     p.set_defaults(func=cmd_status)
 
-    for name, func, text in (("cancel", cmd_cancel, "cancel a run"),
-                             ("retry", cmd_retry, "redrive a failed run from the state that failed")):
+    for name, func, text in (
+        ("cancel", cmd_cancel, "cancel a run"),
+        ("retry", cmd_retry, "redrive a failed run from the state that failed"),
+        ("teardown", cmd_teardown, "remove what a finished run created (its services, the resources of its "
+         "ephemeral dataflows, the accounts Podium made), durably; the run ends torn_down. Not `down`, "
+         "which only stops local processes"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("run_id")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the transition")
@@ -291,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("down", help="stop the services the local backend started")
+    p = sub.add_parser("down", help="stop the services the local backend started (processes only; "
+                       "`podium teardown RUN` removes what a run created)")
     p.add_argument("--project", help="only this architecture project's services (default: all)")
     _add_json(p)
     p.set_defaults(func=cmd_down)

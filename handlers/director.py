@@ -44,7 +44,8 @@ def build_command(ctx: EffectContext) -> dict[str, Any]:
     if instruction in ("dataflow-setup", "teardown", "dependent-resource-setup"):
         if dataflow not in arch.dataflows:
             raise HandlerError(f"dataflow {dataflow!r} is not in the architecture", retryable=False)
-        payload = {"dataflow_name": dataflow, "resources": _resources(arch, str(dataflow))}
+        payload = {"dataflow_name": dataflow,
+                   "resources": _resources(arch, str(dataflow), removable_only=instruction == "teardown")}
         if instruction == "dependent-resource-setup":
             payload["service_urls"] = dict(ctx.outputs.get("urls", {}))
     return {
@@ -57,8 +58,11 @@ def build_command(ctx: EffectContext) -> dict[str, Any]:
     }
 
 
-def _resources(arch: Architecture, dataflow: str) -> dict[str, Any]:
+def _resources(arch: Architecture, dataflow: str, *, removable_only: bool = False) -> dict[str, Any]:
     data = arch.to_dict()["dataflows"][dataflow].get("resources", {})
+    if removable_only:  # a teardown leaves what teardown_protection guards
+        data = {k: [r for r in v if not (isinstance(r, dict) and r.get("teardown_protection"))]
+                for k, v in data.items() if isinstance(v, list)}
     return {k: v for k, v in data.items() if v}
 
 

@@ -77,6 +77,8 @@ def director_reply(ctx: EffectContext) -> Sequence[Outcome]:
         return [Outcome("director.dataflow_complete", ctx.params.get("dataflow"), data)]
     if instruction == "dependent-resource-setup":
         return [Outcome("director.dependent_complete", ctx.params.get("dataflow"), data)]
+    if instruction == "teardown":
+        return [Outcome("director.dataflow_complete", ctx.params.get("dataflow"), data)]
     return [Outcome("director.failed", ctx.item, {**data, "error": f"unknown instruction {instruction!r}"})]
 
 
@@ -89,5 +91,7 @@ _TABLE: dict[str, Callable[[EffectContext], Sequence[Outcome]]] = {
     "build": _build,
     "deploy": _deploy,
     "director.command": director_reply,
+    "undeploy": lambda ctx: [Outcome("undeploy.succeeded", ctx.item)],
+    "iam.remove": lambda ctx: [Outcome("iam.accounts_removed", ctx.item, {"removed": []})],
 }
 HANDLERS: dict[str, Handler] = {kind: _recorded(fn) for kind, fn in _TABLE.items()}

@@ -15,7 +15,13 @@ from typing import Any
 from transitions import Machine
 
 from machines.messages import RunStatus
-from machines.pipeline import FAILURE_SOURCES, PHASES, PIPELINE_STATES
+from machines.pipeline import (
+    FAILURE_SOURCES,
+    PHASES,
+    PIPELINE_STATES,
+    TEARDOWN_START,
+    TERMINAL_STATES,
+)
 
 __all__ = [
     "ACTIVE_STATES",
@@ -30,9 +36,10 @@ __all__ = [
 
 # The phases, their edges, items, joins, failures and timeouts come from machines/pipeline.py.
 ACTIVE_STATES: tuple[str, ...] = ("pending", *PIPELINE_STATES)
-TERMINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 STATES: tuple[str, ...] = ACTIVE_STATES + TERMINAL_STATES
-STATUS_OF_TERMINAL: Mapping[str, RunStatus] = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
+STATUS_OF_TERMINAL: Mapping[str, RunStatus] = {
+    "succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled", "torn_down": "torn_down",
+}
 
 
 def trigger_name(event_type: str) -> str:
@@ -47,7 +54,12 @@ def transition_table() -> list[dict[str, Any]]:
     """The machine's edges, derived from ``machines.pipeline.PHASES``; shared by ``MACHINE``
     and ``podium graph``."""
     active = list(ACTIVE_STATES)
-    t: list[dict[str, Any]] = [{"trigger": "command_start", "source": "pending", "dest": PIPELINE_STATES[0]}]
+    t: list[dict[str, Any]] = [
+        {"trigger": "command_start", "source": "pending", "dest": PIPELINE_STATES[0]},
+        # Teardown: from any end but a finished teardown (a second one finds nothing to do there).
+        {"trigger": "command_teardown", "source": ["succeeded", "failed", "cancelled"], "dest": TEARDOWN_START,
+         "before": "on_teardown"},
+    ]
     # Each phase's own edges; one edge (several sources) per (event, destination, action).
     grouped: dict[tuple[str, str | None, str | None], list[str]] = {}
     for phase in PHASES:

@@ -51,9 +51,11 @@ EVENT_TYPES: frozenset[str] = OUTCOME_EVENT_TYPES
 INTERNAL_EVENT_TYPES: frozenset[str] = frozenset({"timer.fired"})
 
 # Commands become events of these types inside the engine (they share one audit log).
-COMMAND_EVENT_TYPES: frozenset[str] = frozenset({"command.start", "command.cancel", "command.retry"})
+COMMAND_EVENT_TYPES: frozenset[str] = frozenset(
+    {"command.start", "command.cancel", "command.retry", "command.teardown"}
+)
 
-RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
+RunStatus = Literal["running", "succeeded", "failed", "cancelled", "torn_down"]
 Outcome = Literal["applied", "duplicate", "ignored", "rejected"]
 
 
@@ -89,8 +91,17 @@ class RetryCommand(_Strict):
     trace_id: TraceId | None = None
 
 
-Command = Annotated[StartCommand | CancelCommand | RetryCommand, Field(discriminator="command")]
-_COMMAND_ADAPTER: TypeAdapter[StartCommand | CancelCommand | RetryCommand] = TypeAdapter(Command)
+class TeardownCommand(_Strict):
+    """Remove what a finished run created (machines/pipeline.py, the ``removing_*`` phases)."""
+
+    command: Literal["teardown"]
+    run_id: RunId
+    trace_id: TraceId | None = None
+
+
+RunCommand = StartCommand | CancelCommand | RetryCommand | TeardownCommand
+Command = Annotated[RunCommand, Field(discriminator="command")]
+_COMMAND_ADAPTER: TypeAdapter[RunCommand] = TypeAdapter(Command)
 
 
 class Event(_Strict):
@@ -240,14 +251,14 @@ def _explain(exc: ValidationError) -> str:
     return "; ".join(parts) + more
 
 
-def parse_command(body: bytes) -> StartCommand | CancelCommand | RetryCommand:
+def parse_command(body: bytes) -> RunCommand:
     _check_size(body, MAX_COMMAND_BYTES, "command")
     data = _loads(body)
     if not isinstance(data, Mapping):
         raise InvalidMessage(f"command must be a JSON object, got {type(data).__name__}")
     command = data.get("command")
-    if command not in ("start", "cancel", "retry"):
-        raise InvalidMessage(f"unknown command {command!r}; expected 'start', 'cancel' or 'retry'")
+    if command not in ("start", "cancel", "retry", "teardown"):
+        raise InvalidMessage(f"unknown command {command!r}; expected 'start', 'cancel', 'retry' or 'teardown'")
     try:
         return _COMMAND_ADAPTER.validate_python(data)
     except ValidationError as exc:

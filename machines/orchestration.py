@@ -44,6 +44,7 @@ from machines.pipeline import (
     ITEM_PROGRESS,
     STATE_TIMEOUTS,
 )
+from machines.teardown import TeardownSteps
 
 __all__ = [  # the machine's names too: callers see one module
     "ACTIVE_STATES",
@@ -89,7 +90,7 @@ class Decision:
         return self.outcome == "applied"
 
 
-class _RunModel:
+class _RunModel(TeardownSteps):
     """The object ``transitions`` drives for one decision. Holds the run's private draft."""
 
     def __init__(self, run: RunDraft, event: Event, now: datetime) -> None:
@@ -361,6 +362,8 @@ def decide(run: RunState, event: Event, now: datetime) -> Decision:
     elif event.type == "iam.accounts_created":
         if not isinstance(event.data.get("service_accounts", {}), Mapping):  # dict() below would raise
             return _ignored(run, event, "iam.accounts_created whose service_accounts is not a map")
+        record_outputs(draft, event)
+    elif event.type == "iam.accounts_removed":
         record_outputs(draft, event)
 
     model = _RunModel(draft, event, now)

@@ -64,6 +64,12 @@ def record_outputs(run: RunDraft, event: Event) -> None:
         run.outputs.setdefault("urls", {})[event.item or ""] = data["url"]
     elif event.type == "iam.accounts_created":
         run.outputs["service_accounts"] = dict(data.get("service_accounts", {}))
+    elif event.type == "undeploy.succeeded" and event.item:
+        (run.outputs.get("urls") or {}).pop(event.item, None)
+        run.outputs["removed_services"] = sorted({*run.outputs.get("removed_services", []), event.item})
+    elif event.type == "iam.accounts_removed":
+        removed = [str(e) for e in data.get("removed", []) if isinstance(e, str)]
+        run.outputs["removed_accounts"] = sorted(removed)
     if event.type in ("director.dataflow_complete", "director.dependent_complete"):
         record_resources(run, data.get("resources"))
 

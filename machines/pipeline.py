@@ -27,6 +27,8 @@ __all__ = [
     "PHASES",
     "PIPELINE_STATES",
     "STATE_TIMEOUTS",
+    "TEARDOWN_START",
+    "TERMINAL_STATES",
     "EffectKind",
     "Phase",
 ]
@@ -79,6 +81,8 @@ EFFECT_KINDS: Mapping[str, EffectKind] = {
         _kind("deploy", "deploy.failed", "deploy.succeeded"),
         _kind("director.command", "director.failed",
               "director.ready", "director.dataflow_complete", "director.dependent_complete"),
+        _kind("undeploy", "undeploy.failed", "undeploy.succeeded"),
+        _kind("iam.remove", "iam.failed", "iam.accounts_removed"),
     )
 }
 
@@ -116,7 +120,24 @@ PHASES: tuple[Phase, ...] = (
     Phase("dependent_setup", effects=("director.command",), moves=(("director.dependent_complete", None),),
           items=(("director.dependent_complete", "dependent"),), fan_in="dependent", then="succeeded",
           fails_on=("director.failed",), timeout=600.0),
+    # Teardown (``command.teardown`` from a terminal state), in reverse dependency order: the
+    # services, then what the director made for ephemeral dataflows, then the director, then the
+    # accounts Podium created. Each list may be empty: its join then passes at once.
+    Phase("removing_services", effects=("undeploy",), moves=(("undeploy.succeeded", None),),
+          items=(("undeploy.succeeded", "undeploy"),), fan_in="undeploy", then="removing_dataflows",
+          fails_on=("undeploy.failed",), timeout=900.0),
+    Phase("removing_dataflows", effects=("director.command",), moves=(("director.dataflow_complete", None),),
+          items=(("director.dataflow_complete", "teardown"),), fan_in="teardown", then="removing_director",
+          fails_on=("director.failed",), timeout=900.0),
+    Phase("removing_director", effects=("undeploy",), moves=(("undeploy.succeeded", None),),
+          items=(("undeploy.succeeded", "director_removal"),), fan_in="director_removal",
+          then="removing_accounts", fails_on=("undeploy.failed",), timeout=600.0),
+    Phase("removing_accounts", effects=("iam.remove",), moves=(("iam.accounts_removed", "torn_down"),),
+          fails_on=("iam.failed",), timeout=600.0),
 )
+# Where ``command.teardown`` starts, and the terminal states it may start from.
+TEARDOWN_START = "removing_services"
+TERMINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled", "torn_down")
 
 # ---- derived views (what the machine, the messages and the handlers read) ----------------------
 
@@ -140,7 +161,7 @@ OUTCOME_EVENT_TYPES: frozenset[str] = frozenset(
 
 def _check() -> None:
     """The table is consistent: a typo here would otherwise surface as a silent dead edge."""
-    states = set(PIPELINE_STATES) | {"succeeded"}
+    states = set(PIPELINE_STATES) | set(TERMINAL_STATES)
     for p in PHASES:
         assert all(k in EFFECT_KINDS for k in p.effects), p
         for event, dest in p.moves:

@@ -81,6 +81,8 @@ def plan_of(hydrated: Architecture) -> dict[str, Any]:
         "services": sorted(s for s in services if s != director),
         "dataflows": dataflows,
         "app_dataflows": [d for d in dataflows if d != infra],
+        # What a teardown may remove (the director's own infrastructure is never one of them).
+        "ephemeral_dataflows": [d for d in dataflows if d != infra and hydrated.dataflows[d].ephemeral],
     }
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "is_ours",
     "revision_name",
     "service_name",
+    "undeploy_gcp",
 ]
 
 RECHECK_SECONDS = 5.0
@@ -237,6 +238,22 @@ def deploy_gcp(
         f"({Condition.State(condition.state).name})",
         retry_after=RECHECK_SECONDS,
     )
+
+
+def undeploy_gcp(ctx: EffectContext, client: run_v2.ServicesClient | None = None) -> Sequence[Outcome]:
+    """The ``undeploy`` effect (teardown): delete the service; NotReady until it is gone."""
+    arch = ctx.architecture
+    service, _dataflow, spec = ctx.target()
+    project = arch.project_id or ctx.settings.project
+    region = (spec.deployment.region if spec.deployment else "") or arch.region
+    name = service_name(project, region, service)
+    run = client or clients_for(ctx.settings).get("run")
+    try:
+        _call(f"get {name}", lambda: run.get_service(name=name))
+        _call(f"delete {name}", lambda: run.delete_service(name=name))
+    except gexc.NotFound:
+        return [Outcome("undeploy.succeeded", service, {"deleted": name})]
+    raise NotReady(f"deleting Cloud Run service {name}", retry_after=RECHECK_SECONDS)
 
 
 def _call(what: str, fn: Callable[[], T]) -> T:

@@ -364,6 +364,18 @@ def log_tail(record: ProcessRecord, chars: int = LOG_TAIL_CHARS) -> str:
 # ---- podium down / status ------------------------------------------------------------------
 
 
+def undeploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) -> Sequence[Outcome]:
+    """The ``undeploy`` effect: stop the service's process and forget it (gone already is fine)."""
+    service = ctx.item or ""
+    project = ctx.architecture.project_id or ctx.settings.project
+    reg = registry or registry_for(ctx.settings.project)
+    current, _ = reg.get(project, service)
+    if current is not None:
+        stop_process(current.pid, current.fingerprint)
+        reg.delete(project, service, pid=current.pid)
+    return [Outcome("undeploy.succeeded", service, {"stopped": current is not None})]
+
+
 def stop_all(
     settings: HandlerSettings, project: str | None = None, registry: ProcessRegistry | None = None
 ) -> list[str]:

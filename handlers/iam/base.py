@@ -41,6 +41,10 @@ class IamBackend(Protocol):
         """Whether the resource's policy now holds the member in the role (one check)."""
         ...
 
+    def remove_service_account(self, email: str) -> bool:
+        """Delete the account if Podium created it; False if it is gone or not Podium's (kept)."""
+        ...
+
     def in_project(self, project: str) -> IamBackend:
         """This backend for one run: resources named by id alone live in the architecture's
         ``project`` (which need not be the daemon's own)."""

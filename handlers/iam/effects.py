@@ -35,6 +35,7 @@ __all__ = [
     "apply_bindings",
     "bind",
     "deploy_then_grant_invokers",
+    "remove",
     "bindings_to_apply",
     "invoker_bindings_for",
     "provision",
@@ -111,6 +112,18 @@ def bind(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
             "iam.bindings_applied", "resources", {"applied": len(now), "deferred": len(deferred)}
         )
     ]
+
+
+def remove(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
+    """``iam.remove`` (teardown): delete the plan's accounts that Podium created; accounts that
+    existed before (or that someone else made) are kept and listed."""
+    backend = backend.in_project(ctx.architecture.project_id)
+    emails = sorted({a.email for a in plan_iam(ctx.architecture).service_accounts})
+    gone = _parallel(backend.remove_service_account, emails)
+    removed = [e for e, ok in zip(emails, gone, strict=True) if ok]
+    log.info("iam accounts removed", removed=len(removed), kept=len(emails) - len(removed))
+    return [Outcome("iam.accounts_removed", ctx.item, {"removed": removed,
+                                                        "kept": [e for e in emails if e not in removed]})]
 
 
 def deploy_then_grant_invokers(ctx: EffectContext, backend: IamBackend, deploy: Handler) -> Sequence[Outcome]:

@@ -51,6 +51,7 @@ __all__ = ["GcpIam", "add_member", "has_member"]
 log = structlog.get_logger("podium.iam.gcp")
 
 NEW_ACCOUNT_RETRY_SECONDS = 5.0
+CREATED_BY_PODIUM = "Created by Podium"  # the start of the description of every account it creates
 _USER_MANAGED = re.compile(r"^[^@]+@(?P<project>[^.@]+)\.iam\.gserviceaccount\.com$")
 # The client (GcpClients API name) each injectable client slot comes from.
 _APIS = {"iam": "iam", "projects": "projects", "publisher": "pubsub", "subscriber": "pubsub", "run": "run",
@@ -135,7 +136,7 @@ class GcpIam:
             account_id=account.account_id,
             service_account=iam_admin_v1.ServiceAccount(
                 display_name=f"podium {account.kind} {account.service}"[:100],
-                description=f"Created by Podium for the {account.kind.replace('_', ' ')} "
+                description=f"{CREATED_BY_PODIUM} for the {account.kind.replace('_', ' ')} "
                 f"'{account.service}'"[:256],
             ),
         )
@@ -167,6 +168,31 @@ class GcpIam:
             return False
         except Exception as exc:  # noqa: BLE001
             raise api_error(exc, f"reading service account {email}") from exc
+        return True
+
+    def remove_service_account(self, email: str) -> bool:
+        """Delete an account Podium created (its description says so, which survives a crash
+        between the create and its record); any other account is kept."""
+        match = _USER_MANAGED.match(email)
+        if match is None:  # a Google-managed or default account: never Podium's
+            return False
+        # Not projects/-: there a missing account is PERMISSION_DENIED, not NOT_FOUND (IAM docs).
+        name = f"projects/{match['project']}/serviceAccounts/{email}"
+        try:
+            account = self._client("iam").get_service_account(request={"name": name})
+        except gexc.NotFound:
+            return False
+        except Exception as exc:  # noqa: BLE001
+            raise api_error(exc, f"reading service account {email}") from exc
+        if not str(account.description).startswith(CREATED_BY_PODIUM):
+            return False
+        try:
+            self._client("iam").delete_service_account(request={"name": name})
+        except gexc.NotFound:
+            return False
+        except Exception as exc:  # noqa: BLE001
+            raise api_error(exc, f"deleting service account {email}") from exc
+        log.info("service account deleted", email=email)
         return True
 
     # ---- bindings -------------------------------------------------------------------------

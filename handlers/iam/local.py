@@ -111,6 +111,15 @@ class LocalIam:
             binding_doc_id(binding, self.project), f"reading the binding {describe(binding)}"
         )
 
+    def remove_service_account(self, email: str) -> bool:
+        ref = self.collection.document(account_doc_id(email))
+        try:
+            existed = ref.get().exists
+            ref.delete()  # every account in the local ledger is one Podium created
+        except Exception as exc:  # noqa: BLE001 - mapped to a HandlerError
+            raise api_error(exc, f"deleting service account {email}") from exc
+        return bool(existed)
+
     def in_project(self, project: str) -> LocalIam:
         return self  # one local ledger per daemon: its records keep the daemon's project
 

@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from google.api_core.exceptions import NotFound
+from google.cloud import pubsub_v1
 
 from cli.up import verify_dataflow
 from daemon.config import Settings
@@ -17,6 +19,7 @@ from tests.integration.conftest import (
     audit,
     make_settings,
     publish,
+    run_doc,
     start_body,
     wait_for,
     wait_status,
@@ -76,6 +79,19 @@ def test_testdata_deploys_end_to_end_and_messages_flow(local_settings, db, daemo
     ok, detail = verify_dataflow(doc)
     assert ok, detail
     _one_live_process_per_service(local_settings)
+    assert_consistent(db, local_settings, "e2e-ok")
+
+    # Teardown (issue 13): services, the ephemeral dataflow's resources, the director, the accounts.
+    publish(local_settings, {"command": "teardown", "run_id": "e2e-ok"})
+    doc = wait_for(lambda: (d := run_doc(db, local_settings, "e2e-ok")) and d["status"] in ("torn_down", "failed")
+                   and d, 120, "the teardown to end")
+    assert (doc["state"], doc["status"]) == ("torn_down", "torn_down"), doc.get("error")
+    assert not [p for p in list_processes(local_settings) if p["alive"]]
+    assert doc["outputs"]["removed_services"] == ["director", "publisher", "subscriber"]
+    assert sorted(doc["outputs"]["removed_accounts"]) == sorted(doc["outputs"]["service_accounts"].values())
+    publisher = pubsub_v1.PublisherClient()
+    with pytest.raises(NotFound):  # tracer is ephemeral: its topic is gone
+        publisher.get_topic(request={"topic": publisher.topic_path("podium-local", "tracer-topic")})
     assert_consistent(db, local_settings, "e2e-ok")
 
 

@@ -22,7 +22,7 @@ from machines.hydration import hydrate
 from machines.iam_plan import plan_iam
 from tests.conftest import TEST_PROJECT
 from tests.gcp_e2e.conftest import ARCH_PROJECT, SOURCE_BUCKET, GcpWorld, daemon_account
-from tests.integration.conftest import publish, wait_status
+from tests.integration.conftest import publish, run_doc, wait_for, wait_status
 
 pytestmark = [pytest.mark.gcp_e2e, pytest.mark.slow]
 
@@ -160,3 +160,13 @@ def test_a_sigkill_mid_deploy_still_ends_with_one_of_everything(
     assert doc["status"] == "succeeded", doc.get("error")
     _assert_everything_as_planned(gcp_world, workspace, doc)
     assert {s: len(gcp_world.run.revisions(s)) for s in SERVICES} == dict.fromkeys(SERVICES, 1)
+
+    # Teardown through the same fakes: the services and the accounts Podium created are gone; an
+    # account that existed before the run (the daemon's own, say) is not Podium's to delete.
+    publish(gcp_settings, {"command": "teardown", "run_id": "gcp-kill"})
+    doc = wait_for(lambda: (d := run_doc(db, gcp_settings, "gcp-kill")) and d["status"] in ("torn_down", "failed")
+                   and d, 120, "the teardown to end")
+    assert doc["status"] == "torn_down", doc.get("error")
+    assert gcp_world.run.services() == {}
+    assert gcp_world.iam.accounts(ARCH_PROJECT) == {}
+    assert daemon_account(TEST_PROJECT) in gcp_world.iam.accounts(TEST_PROJECT)

@@ -12,11 +12,12 @@ from daemon.config import Settings
 from handlers.base import FAILURE_EVENT
 from machines.messages import EVENT_TYPES
 
-MACHINE = Path(__file__).resolve().parents[2] / "machines" / "orchestration.py"
+MACHINES = Path(__file__).resolve().parents[2] / "machines"
 
 
 def scheduled_kinds() -> set[str]:
-    return set(re.findall(r'self\.effect\(\s*"([a-z.]+)"', MACHINE.read_text()))
+    text = "".join((MACHINES / name).read_text() for name in ("orchestration.py", "teardown.py"))
+    return set(re.findall(r'self\.effect\(\s*"([a-z.]+)"', text))
 
 
 def test_the_machine_schedules_exactly_the_kinds_that_have_failure_events():

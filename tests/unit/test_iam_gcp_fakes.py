@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from google.cloud import bigquery, run_v2
+from google.cloud import bigquery, iam_admin_v1, run_v2
 
 from daemon.config import Settings
 from handlers.base import EffectContext, Outcome
@@ -141,3 +141,23 @@ def test_every_binding_of_the_rich_plan_lands_on_its_resource(world: World, tmp_
     effects.bind(ctx("iam.bind", "resources"), backend)
     assert writes == sum(s.set_count(r) for s in (world.iam.project_policies, world.pubsub.policies,
                                                    world.run.policies, world.secrets) for r in s.resources())
+
+
+def test_teardown_deletes_only_the_accounts_podium_created(world: World, tmp_path: Any) -> None:
+    arch = hydrate(rich_architecture(project_id=PROJECT))
+    admin = insecure_client(iam_admin_v1.IAMClient, world.iam.admin_endpoint)
+    mine = f"writer-account@{PROJECT}.iam.gserviceaccount.com"
+    admin.create_service_account(name=f"projects/{PROJECT}", account_id="writer-account",
+                                 service_account=iam_admin_v1.ServiceAccount(description="made by hand"))
+    settings = Settings(project="daemon-project", backend="gcp", state_dir=tmp_path)
+    backend = GcpIam("daemon-project", clients=GcpClients("daemon-project", world.endpoints()))
+    run = RunView.model_validate({"run_id": "rich-2", "architecture": arch.to_dict()})
+    effects.provision(EffectContext("rich-2", "p", "iam.provision", "accounts", {}, 0, run, settings), backend)
+    assert mine in world.iam.accounts(PROJECT)
+
+    (out,) = effects.remove(EffectContext("rich-2", "r", "iam.remove", "accounts", {}, 0, run, settings), backend)
+    assert out.type == "iam.accounts_removed"
+    assert sorted(world.iam.accounts(PROJECT)) == [mine]  # the hand-made one stays
+    assert mine in out.data["kept"] and mine not in out.data["removed"]
+    (again,) = effects.remove(EffectContext("rich-2", "r", "iam.remove", "accounts", {}, 1, run, settings), backend)
+    assert again.data["removed"] == []  # redone: nothing left to delete

@@ -137,7 +137,7 @@ def test_valid_run_ids(run_id: str) -> None:
 def test_unknown_command(command: Any) -> None:
     message = rejected(parse_command, body({"command": command, "run_id": "demo-1"}))
     assert message.startswith(f"unknown command {command!r}")
-    assert "'start', 'cancel' or 'retry'" in message
+    assert "'start', 'cancel', 'retry' or 'teardown'" in message
 
 
 def test_missing_command_field() -> None:

@@ -46,6 +46,7 @@ PLAN: dict[str, Any] = {
     "all_services": ["director", "publisher", "subscriber"],
     "dataflows": ["director-infra", "tracer"],
     "app_dataflows": ["tracer"],
+    "ephemeral_dataflows": ["tracer"],
 }
 
 # Three or four items in every fan-in phase: 6 or 24 orders each.
@@ -150,6 +151,16 @@ def next_happy_event(run: RunState) -> Event:
             return ev("deploy.succeeded", name, run_id=rid, url=f"http://{name}")
         case "dependent_setup":
             return ev("director.dependent_complete", first_pending(run, "dependent"), run_id=rid)
+        case "succeeded":  # run_at of a teardown state: tear the finished run down
+            return ev("command.teardown", run_id=rid)
+        case "removing_services":
+            return ev("undeploy.succeeded", first_pending(run, "undeploy"), run_id=rid)
+        case "removing_dataflows":
+            return ev("director.dataflow_complete", first_pending(run, "teardown"), run_id=rid)
+        case "removing_director":
+            return ev("undeploy.succeeded", plan["director"], run_id=rid)
+        case "removing_accounts":
+            return ev("iam.accounts_removed", "accounts", run_id=rid, removed=[])
     raise AssertionError(f"no happy step from {run.state}")
 
 
@@ -844,7 +855,17 @@ def _terminal_runs() -> dict[str, RunState]:
         "succeeded": run_to_end(new_run()),
         "failed": apply(run_at("preflight"), ev("preflight.failed", "director")).run,
         "cancelled": apply(run_at("building"), ev("command.cancel")).run,
+        "torn_down": _torn_down(run_to_end(new_run())),
     }
+
+
+def _torn_down(run: RunState) -> RunState:
+    d = apply(run, ev("command.teardown"))
+    for service in ("publisher", "subscriber"):
+        d = apply(d.run, ev("undeploy.succeeded", service))
+    d = apply(d.run, ev("director.dataflow_complete", "tracer"))
+    d = apply(d.run, ev("undeploy.succeeded", "director"))
+    return apply(d.run, ev("iam.accounts_removed", "accounts", removed=["publisher-sa@p.iam"])).run
 
 
 @pytest.mark.parametrize("terminal", TERMINAL_STATES)
@@ -852,7 +873,9 @@ def test_events_on_terminal_runs_are_ignored(terminal: str) -> None:
     run = _terminal_runs()[terminal]
     assert run.state == terminal
     for type_ in ALL_EVENT_TYPES:
-        if terminal == "failed" and type_ == "command.retry":
+        if (terminal == "failed" and type_ == "command.retry") or (
+            terminal != "torn_down" and type_ == "command.teardown"
+        ):
             continue
         for item in (None, "director", "publisher", "tracer"):
             d = decide(run, ev(type_, item, seq=run.timer_seq), NOW)
@@ -1273,11 +1296,13 @@ def test_every_state_is_reachable_in_the_definition() -> None:
                 seen.add(dest)
                 todo.append(dest)
     assert seen == set(STATES)
-    # every active state can fail and be cancelled; terminal ones go nowhere but failed -> retry
+    # every active state can fail and be cancelled; an end goes nowhere but to its teardown
+    # (and failed -> retry), and a finished teardown nowhere at all
     for state in ACTIVE_STATES:
         assert {"failed", "cancelled"} <= edges[state], state
-    assert edges["succeeded"] == edges["cancelled"] == set()
+    assert edges["succeeded"] == edges["cancelled"] == {"removing_services"}
     assert edges["failed"] == set(ACTIVE_STATES) - {"pending"}
+    assert edges["torn_down"] == set()
 
 
 def test_admits() -> None:
@@ -1449,3 +1474,48 @@ def test_the_resources_the_director_reports_are_recorded_once_each() -> None:
     d = apply(d.run, ev("director.dataflow_complete", "director-infra", resources=[infra, topic]))
     assert d.run.outputs["resources"] == [infra, sub, topic]  # merged, the repeated topic once
     assert "resources" not in run.outputs  # the input snapshot is untouched
+
+
+# ---- teardown ------------------------------------------------------------------------------------
+
+
+def test_teardown_removes_services_then_dataflows_then_the_director_then_accounts() -> None:
+    done = run_to_end(new_run(PLAN))
+    assert done.status == "succeeded" and set(done.outputs["urls"]) == {"director", "publisher", "subscriber"}
+
+    d = apply(done, ev("command.teardown"))
+    assert (d.from_state, d.to_state, d.run.status) == ("succeeded", "removing_services", "running")
+    assert sorted(e.effect_id for e in d.effects) == ["undeploy:publisher:a0", "undeploy:subscriber:a0"]
+    d = apply(d.run, ev("undeploy.succeeded", "publisher"))
+    assert d.to_state == "removing_services" and "publisher" not in d.run.outputs["urls"]
+    d = apply(d.run, ev("undeploy.succeeded", "subscriber"))
+    assert d.to_state == "removing_dataflows"
+    [teardown] = d.effects  # only the ephemeral dataflow, never the director's own infrastructure
+    assert (teardown.kind, teardown.item, teardown.params["instruction"]) == ("director.command", "tracer", "teardown")
+    d = apply(d.run, ev("director.dataflow_complete", "tracer", command_id=teardown.params["command_id"]))
+    assert d.to_state == "removing_director" and [e.effect_id for e in d.effects] == ["undeploy:director:a0"]
+    d = apply(d.run, ev("undeploy.succeeded", "director"))
+    assert d.to_state == "removing_accounts" and [e.kind for e in d.effects] == ["iam.remove"]
+    d = apply(d.run, ev("iam.accounts_removed", "accounts", removed=["publisher-sa@p.iam"]))
+    assert (d.to_state, d.run.status, d.run.timer) == ("torn_down", "torn_down", None)
+    assert d.run.outputs["removed_services"] == ["director", "publisher", "subscriber"]
+    assert d.run.outputs["removed_accounts"] == ["publisher-sa@p.iam"]
+    assert decide(d.run, ev("command.teardown"), NOW).outcome == "ignored"  # nothing left to do
+
+
+def test_teardown_of_a_run_that_failed_early_skips_what_never_existed() -> None:
+    failed = apply(run_at("preflight"), ev("preflight.failed", "director")).run
+    d = apply(failed, ev("command.teardown"))
+    # no service, no dataflow, no director was ever deployed: straight to the accounts
+    assert d.to_state == "removing_accounts" and [e.kind for e in d.effects] == ["iam.remove"]
+    assert d.run.error is None and d.run.failed_state is None
+
+
+def test_a_failed_teardown_is_redriven_from_where_it_stopped() -> None:
+    d = apply(run_to_end(new_run()), ev("command.teardown"))
+    d = apply(d.run, ev("undeploy.succeeded", "publisher"))
+    d = apply(d.run, ev("undeploy.failed", "subscriber", error="permission denied"))
+    assert (d.to_state, d.run.failed_state, d.run.error.reason) == ("failed", "removing_services", "undeploy_failed")  # type: ignore[union-attr]
+    d = apply(d.run, ev("command.retry"))
+    assert d.to_state == "removing_services"
+    assert [e.effect_id for e in d.effects] == ["undeploy:subscriber:a1"]  # the publisher stays removed
