@@ -81,9 +81,26 @@ def plan_of(hydrated: Architecture) -> dict[str, Any]:
         "services": sorted(s for s in services if s != director),
         "dataflows": dataflows,
         "app_dataflows": [d for d in dataflows if d != infra],
-        # What a teardown may remove (the director's own infrastructure is never one of them).
+        # What a teardown may remove (the director's own infrastructure is never one of them),
+        # and what it leaves, with why (outputs.kept once a teardown starts).
         "ephemeral_dataflows": [d for d in dataflows if d != infra and hydrated.dataflows[d].ephemeral],
+        "kept": _kept_by_teardown(hydrated, infra),
     }
+
+
+def _kept_by_teardown(hydrated: Architecture, infra: str) -> list[dict[str, str]]:
+    kept: list[dict[str, str]] = []
+    for name in sorted(hydrated.dataflows):
+        flow = hydrated.dataflows[name]
+        if name == infra or not flow.ephemeral:
+            why = "the director's own infrastructure" if name == infra else "permanent dataflow"
+            kept.append({"kind": "dataflow", "name": name, "dataflow": name, "why": why})
+            continue
+        for kind in type(flow.resources).model_fields:
+            for resource in getattr(flow.resources, kind):
+                if resource.teardown_protection:
+                    kept.append({"kind": kind, "name": resource.name, "dataflow": name, "why": "teardown_protection"})
+    return kept
 
 
 def _fits_in_a_run_document(prepared: PreparedArchitecture, source: str) -> None:

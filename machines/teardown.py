@@ -34,6 +34,7 @@ class TeardownSteps:
         self.run.status = "running"
         self.run.error = None
         self.run.failed_state = None
+        self.run.outputs["kept"] = list(self.run.plan.get("kept", []))
 
     def _deployed(self: _Model) -> list[str]:
         return sorted((self.run.outputs.get("urls") or {}).keys())

@@ -992,3 +992,18 @@ def test_variables_that_make_go_test_run_other_code_are_refused(name: str) -> No
     tracer(data)["services"]["publisher"]["deployment"]["environment_vars"] = {name: "-toolexec=/tmp/x"}
     (problem,) = problems_of(data)
     assert f"variable {name!r} is refused" in problem
+
+
+def test_the_plan_says_what_a_teardown_keeps() -> None:
+    from machines.hydration import hydrate
+    from machines.start import plan_of
+
+    doc = yaml.safe_load(rich_yaml())
+    doc["dataflows"]["ingest"]["resources"]["gcs_buckets"][0]["teardown_protection"] = True
+    plan = plan_of(hydrate(load_architecture(yaml.safe_dump(doc))))
+    assert plan["ephemeral_dataflows"] == ["ingest"]
+    assert [(k["kind"], k["name"], k["why"]) for k in plan["kept"]] == [
+        ("gcs_buckets", "rich-archive", "teardown_protection"),
+        ("dataflow", "report", "permanent dataflow"),
+        ("dataflow", "sd-infra", "the director's own infrastructure"),
+    ]

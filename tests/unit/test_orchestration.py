@@ -1519,3 +1519,11 @@ def test_a_failed_teardown_is_redriven_from_where_it_stopped() -> None:
     d = apply(d.run, ev("command.retry"))
     assert d.to_state == "removing_services"
     assert [e.effect_id for e in d.effects] == ["undeploy:subscriber:a1"]  # the publisher stays removed
+
+
+def test_a_teardown_lists_what_it_keeps_and_why() -> None:
+    kept = [{"kind": "dataflow", "name": "director-infra", "dataflow": "director-infra", "why": "the director's own"},
+            {"kind": "gcs_buckets", "name": "archive", "dataflow": "tracer", "why": "teardown_protection"}]
+    done = run_to_end(new_run({**PLAN, "kept": kept}))
+    d = apply(done, ev("command.teardown"))
+    assert d.run.outputs["kept"] == kept
