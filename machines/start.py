@@ -83,7 +83,9 @@ def plan_of(hydrated: Architecture) -> dict[str, Any]:
         "app_dataflows": [d for d in dataflows if d != infra],
         # What a teardown may remove (the director's own infrastructure is never one of them),
         # and what it leaves, with why (outputs.kept once a teardown starts).
-        "ephemeral_dataflows": [d for d in dataflows if d != infra and hydrated.dataflows[d].ephemeral],
+        "ephemeral_dataflows": [] if hydrated.teardown_protection else [
+            d for d in dataflows if d != infra and hydrated.dataflows[d].ephemeral
+        ],
         "kept": _kept_by_teardown(hydrated, infra),
     }
 
@@ -92,8 +94,10 @@ def _kept_by_teardown(hydrated: Architecture, infra: str) -> list[dict[str, str]
     kept: list[dict[str, str]] = []
     for name in sorted(hydrated.dataflows):
         flow = hydrated.dataflows[name]
-        if name == infra or not flow.ephemeral:
-            why = "the director's own infrastructure" if name == infra else "permanent dataflow"
+        if name == infra or not flow.ephemeral or hydrated.teardown_protection:
+            why = ("the director's own infrastructure" if name == infra
+                   else "the architecture's teardown_protection" if hydrated.teardown_protection
+                   else "permanent dataflow")
             kept.append({"kind": "dataflow", "name": name, "dataflow": name, "why": why})
             continue
         for kind in type(flow.resources).model_fields:

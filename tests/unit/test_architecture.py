@@ -1007,3 +1007,18 @@ def test_the_plan_says_what_a_teardown_keeps() -> None:
         ("dataflow", "report", "permanent dataflow"),
         ("dataflow", "sd-infra", "the director's own infrastructure"),
     ]
+
+
+def test_a_protected_architecture_keeps_every_dataflow() -> None:
+    from machines.hydration import hydrate
+    from machines.start import plan_of
+
+    doc = yaml.safe_load(rich_yaml())
+    doc["teardown_protection"] = True
+    plan = plan_of(hydrate(load_architecture(yaml.safe_dump(doc))))
+    assert plan["ephemeral_dataflows"] == []
+    assert {(k["name"], k["why"]) for k in plan["kept"]} == {
+        ("ingest", "the architecture's teardown_protection"),
+        ("report", "the architecture's teardown_protection"),
+        ("sd-infra", "the director's own infrastructure"),
+    }
