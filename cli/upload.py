@@ -11,9 +11,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from handlers.base import HandlerSettings
 from handlers.gcp_clients import clients_for
 from handlers.image_builds.sources import source_entries, write_source_tarball
+from handlers.settings import HandlerSettings
 from handlers.source_archives import parse_gs_source
 
 __all__ = ["upload_source"]

@@ -12,7 +12,7 @@ from functools import partial
 from daemon.config import Settings
 from handlers import director, standin
 from handlers.base import Handler
-from handlers.configgen import configgen_effect
+from handlers.configgen_effect import configgen_effect
 from handlers.iam import effects as iam
 from handlers.iam.base import IamBackend
 from handlers.preflight import preflight_effect

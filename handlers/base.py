@@ -16,35 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from handlers.settings import HandlerSettings
 from machines.messages import RunView
 from machines.pipeline import EFFECT_KINDS
 
 if TYPE_CHECKING:
     from machines.architecture import Architecture, ServiceSpec
-
-
-class HandlerSettings(Protocol):
-    """What handlers may read of the daemon's settings (``daemon.config.Settings`` satisfies
-    it). A protocol, so the arrows point one way: the daemon imports handlers, never back."""
-
-    @property
-    def project(self) -> str: ...
-    @property
-    def events_topic(self) -> str: ...
-    @property
-    def source_root(self) -> Path: ...
-    @property
-    def state_dir(self) -> Path: ...
-    @property
-    def preflight_timeout_seconds(self) -> float: ...
-    @property
-    def local_iam_delay_seconds(self) -> float: ...
-    @property
-    def gcp_endpoints(self) -> str: ...
-    @property
-    def build_service_account(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -74,12 +53,14 @@ class EffectContext:
     @cached_property
     def source_root(self) -> Path:
         """The run's source tree on this machine: its folder, or for a ``gs://`` archive the tree
-        unpacked under the state directory (downloaded by the first effect that asks)."""
+        unpacked under the state directory (downloaded by the first effect that asks; the run's
+        generated configs are written into each replica's copy)."""
         root = self.run.source_root or ""
         if root.startswith("gs://"):
+            from handlers.configgen import generate_configs
             from handlers.source_archives import local_tree
 
-            return local_tree(self)
+            return local_tree(root, self.settings, lambda tree: generate_configs(self.architecture, tree))
         return Path(root or self.settings.source_root)
 
     @property

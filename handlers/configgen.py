@@ -23,13 +23,12 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from handlers.base import EffectContext, Outcome
 from machines.architecture import Architecture, ServiceSpec
 from machines.errors import HandlerError
 from machines.hydration import all_services, hydrate, service_dir
@@ -268,13 +267,3 @@ def _write_if_changed(path: Path, content: bytes) -> bool:
             os.unlink(tmp)
         raise
     return True
-
-
-def configgen_effect(ctx: EffectContext) -> Sequence[Outcome]:
-    """Effect kind ``configgen``: write every service's files, report ``config.generated``."""
-    try:
-        files = generate_configs(ctx.architecture, ctx.source_root)
-    except OSError as exc:
-        raise HandlerError(f"cannot write generated configs under {ctx.source_root}: {exc}", retryable=False) from exc
-    changed = sum(1 for f in files if f.changed)
-    return [Outcome("config.generated", None, {"files": [str(f.path) for f in files], "changed": changed})]

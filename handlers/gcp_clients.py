@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from machines.errors import HandlerError
 
 if TYPE_CHECKING:
-    from handlers.base import HandlerSettings
+    from handlers.settings import HandlerSettings
 
 __all__ = ["API_NAMES", "GcpClients", "clients_for", "parse_endpoints"]
 

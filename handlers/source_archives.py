@@ -22,16 +22,15 @@ import shutil
 import tarfile
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from handlers.gcp_clients import clients_for
 from handlers.google_errors import api_error
+from handlers.settings import HandlerSettings
 from machines.errors import HandlerError
-
-if TYPE_CHECKING:
-    from handlers.base import EffectContext
 
 __all__ = [
     "MAX_ARCHIVE_BYTES",
@@ -84,14 +83,14 @@ def gs_source_problem(url: str) -> str | None:
     return None
 
 
-def local_tree(ctx: EffectContext) -> Path:
-    """The unpacked tree of the run's ``gs://`` source root on this replica (fetched on first use)."""
-    url = ctx.run.source_root or ""
+def local_tree(url: str, settings: HandlerSettings, prepare: Callable[[Path], Any]) -> Path:
+    """The unpacked tree of a run's ``gs://`` source root on this replica (fetched on first use);
+    ``prepare`` runs on a fresh tree before it is published (the run's generated configs)."""
     try:
         source = parse_gs_source(url)
     except ValueError as exc:
         raise HandlerError(f"source_root: {exc}", retryable=False) from exc
-    home = Path(ctx.settings.state_dir) / "sources" / hashlib.sha256(url.encode()).hexdigest()[:24]
+    home = Path(settings.state_dir) / "sources" / hashlib.sha256(url.encode()).hexdigest()[:24]
     tree = home / "tree"
     with _lock_for(str(home)):
         if (home / "complete").is_file():
@@ -99,10 +98,10 @@ def local_tree(ctx: EffectContext) -> Path:
         home.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=home) as scratch:
             archive = Path(scratch) / "archive"
-            _download(clients_for(ctx.settings).get("storage"), source, archive)
+            _download(clients_for(settings).get("storage"), source, archive)
             staged = Path(scratch) / "tree"
             unpack(archive, staged)
-            _write_configs(ctx, staged)
+            prepare(staged)
             shutil.rmtree(tree, ignore_errors=True)
             staged.rename(tree)
         (home / "complete").write_text(url + "\n")
@@ -164,8 +163,3 @@ def unpack(archive: Path, dest: Path) -> None:
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise HandlerError(f"source archive cannot be unpacked safely: {exc}", retryable=False) from exc
 
-
-def _write_configs(ctx: EffectContext, tree: Path) -> None:
-    from handlers.configgen import generate_configs
-
-    generate_configs(ctx.architecture, tree)

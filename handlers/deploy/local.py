@@ -53,7 +53,7 @@ from typing import Any
 import requests
 from google.cloud import firestore
 
-from handlers.base import EffectContext, HandlerSettings, Outcome
+from handlers.base import EffectContext, Outcome
 from handlers.deploy.registry import (
     ProcessRecord,
     ProcessRegistry,
@@ -70,6 +70,7 @@ from handlers.secrets import (
     secret_env_name,
     service_env,
 )
+from handlers.settings import HandlerSettings
 from machines.architecture import DeploymentSpec
 from machines.errors import HandlerError, NotReady
 

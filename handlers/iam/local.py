@@ -25,7 +25,7 @@ from handlers.iam.base import api_error, describe, resource_name
 from machines.iam_plan import IamBinding, ServiceAccountPlan
 
 if TYPE_CHECKING:
-    from handlers.base import HandlerSettings
+    from handlers.settings import HandlerSettings
 
 __all__ = ["COLLECTION", "LocalIam", "account_doc_id", "binding_doc_id"]
 
