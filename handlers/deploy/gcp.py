@@ -47,6 +47,7 @@ from handlers.base import EffectContext, Outcome
 from handlers.gcp_clients import clients_for
 from handlers.google_errors import api_error
 from machines.architecture import Architecture, DeploymentSpec
+from machines.architecture.cloud_run_sizes import cpu_count
 from machines.errors import HandlerError, NotReady
 from machines.hydration import service_account_email
 
@@ -54,7 +55,6 @@ __all__ = [
     "RECHECK_SECONDS",
     "build_template",
     "config_digest",
-    "cpu_count",
     "deploy_gcp",
     "is_ours",
     "revision_name",
@@ -91,13 +91,6 @@ def revision_name(service: str, digest: str, generation: int) -> str:
 def is_ours(revision: str, service: str, digest: str) -> bool:
     """Whether a live template's revision name says it carries this configuration."""
     return revision.startswith(f"{service}-{digest[:8]}-")
-
-
-def cpu_count(cpu: str) -> float | None:
-    """``"2"`` → 2.0, ``"500m"`` → 0.5; None when unset (the architecture validated the form)."""
-    if not cpu:
-        return None
-    return float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
 
 
 def build_template(

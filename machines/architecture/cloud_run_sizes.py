@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["cpu_problem", "memory_problem", "sizing_problem"]
+__all__ = ["cpu_count", "cpu_problem", "memory_problem", "sizing_problem"]
 
 _MIB, _GIB = 2**20, 2**30
 _UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": _MIB, "Gi": _GIB}
@@ -30,6 +30,12 @@ def _cpu(text: str) -> Decimal | None:
     except InvalidOperation:
         return None
     return value if value.is_finite() else None
+
+
+def cpu_count(text: str) -> float | None:
+    """``"2"`` → 2.0, ``"500m"`` → 0.5; None when unset or not a number."""
+    cpu = _cpu(text) if text else None
+    return None if cpu is None else float(cpu)
 
 
 def cpu_problem(text: str) -> str | None:

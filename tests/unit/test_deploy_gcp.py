@@ -14,12 +14,12 @@ from handlers.base import EffectContext
 from handlers.deploy.gcp import (
     build_template,
     config_digest,
-    cpu_count,
     deploy_gcp,
     is_ours,
     revision_name,
 )
 from machines.architecture import load_architecture
+from machines.architecture.cloud_run_sizes import cpu_count
 from machines.errors import HandlerError, NotReady
 from machines.hydration import hydrate
 from machines.messages import RunView
