@@ -14,13 +14,14 @@ phase, how long to wait) is the plan's and the machine's business:
 
 from __future__ import annotations
 
+import re
 from typing import Protocol, runtime_checkable
 
 from handlers import google_errors
 from machines.errors import PodiumError
 from machines.iam_plan import IamBinding, ServiceAccountPlan
 
-__all__ = ["IamBackend", "api_error", "describe", "resource_name"]
+__all__ = ["USER_MANAGED", "IamBackend", "account_name", "api_error", "describe", "resource_name"]
 
 
 @runtime_checkable
@@ -71,9 +72,8 @@ def resource_name(binding: IamBinding, project: str) -> str:
         return f"projects/{project}/locations/{binding.resource_location or '-'}/services/{rid}"
     if kind == "secret":
         return f"projects/{project}/secrets/{rid}"
-    if kind == "service_account":  # an email; its project is the one in the email, if any
-        owner = rid.split("@", 1)[1].split(".", 1)[0] if rid.endswith(".iam.gserviceaccount.com") else "-"
-        return f"projects/{owner}/serviceAccounts/{rid}"
+    if kind == "service_account":
+        return account_name(rid)
     if kind == "gcs_bucket":
         return f"projects/_/buckets/{rid}"
     if kind == "bigquery_dataset":
@@ -82,6 +82,17 @@ def resource_name(binding: IamBinding, project: str) -> str:
         dataset, _, table = rid.partition(":")
         return f"projects/{project}/datasets/{dataset}/tables/{table}"
     return f"{kind}/{rid}"
+
+
+# A user-managed account: ``<id>@<project>.iam.gserviceaccount.com``.
+USER_MANAGED = re.compile(r"^[^@]+@(?P<project>[^.@]+)\.iam\.gserviceaccount\.com$")
+
+
+def account_name(email: str) -> str:
+    """``projects/<the email's project>/serviceAccounts/<email>``; ``projects/-`` for an account
+    of no project Podium can name (there a missing account answers PERMISSION_DENIED, not NOT_FOUND)."""
+    match = USER_MANAGED.match(email)
+    return f"projects/{match['project'] if match else '-'}/serviceAccounts/{email}"
 
 
 def describe(binding: IamBinding) -> str:

@@ -27,14 +27,13 @@ autospecced mocks).
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 
 import structlog
 from google.api_core import exceptions as gexc
 
 from handlers.gcp_clients import GcpClients
-from handlers.iam.base import api_error, describe, resource_name
+from handlers.iam.base import USER_MANAGED, account_name, api_error, describe, resource_name
 from handlers.iam.gcp_policies import (
     DatasetAccess,
     JsonPolicies,
@@ -52,7 +51,6 @@ log = structlog.get_logger("podium.iam.gcp")
 
 NEW_ACCOUNT_RETRY_SECONDS = 5.0
 CREATED_BY_PODIUM = "Created by Podium"  # the start of the description of every account it creates
-_USER_MANAGED = re.compile(r"^[^@]+@(?P<project>[^.@]+)\.iam\.gserviceaccount\.com$")
 # The client (GcpClients API name) each injectable client slot comes from.
 _APIS = {"iam": "iam", "projects": "projects", "publisher": "pubsub", "subscriber": "pubsub", "run": "run",
          "secrets": "secretmanager", "storage": "storage", "bigquery": "bigquery"}
@@ -126,7 +124,7 @@ class GcpIam:
         from google.cloud import iam_admin_v1
 
         email = account.email
-        match = _USER_MANAGED.match(email)
+        match = USER_MANAGED.match(email)
         if match is None:  # a Google-managed or default account: nothing Podium can create
             self._ensured.add(email)
             return email
@@ -158,12 +156,8 @@ class GcpIam:
         return email
 
     def account_visible(self, email: str) -> bool:
-        match = _USER_MANAGED.match(email)
-        project = match["project"] if match else "-"
         try:
-            self._client("iam").get_service_account(
-                request={"name": f"projects/{project}/serviceAccounts/{email}"}
-            )
+            self._client("iam").get_service_account(request={"name": account_name(email)})
         except gexc.NotFound:
             return False
         except Exception as exc:  # noqa: BLE001
@@ -173,11 +167,9 @@ class GcpIam:
     def remove_service_account(self, email: str) -> bool:
         """Delete an account Podium created (its description says so, which survives a crash
         between the create and its record); any other account is kept."""
-        match = _USER_MANAGED.match(email)
-        if match is None:  # a Google-managed or default account: never Podium's
+        if USER_MANAGED.match(email) is None:  # a Google-managed or default account: never Podium's
             return False
-        # Not projects/-: there a missing account is PERMISSION_DENIED, not NOT_FOUND (IAM docs).
-        name = f"projects/{match['project']}/serviceAccounts/{email}"
+        name = account_name(email)
         try:
             account = self._client("iam").get_service_account(request={"name": name})
         except gexc.NotFound:
