@@ -180,17 +180,24 @@ def _api_error(service: str, what: str, exc: Exception) -> PodiumError:
     return api_error(exc, f"build of service {service!r}: {what}")
 
 
+def repository_of(image: str) -> tuple[str, str] | None:
+    """(parent ``projects/P/locations/L``, repository id) of an Artifact Registry image path;
+    None for any other registry."""
+    match = _REGISTRY_IMAGE.match(image)
+    return None if match is None else (f"projects/{match['project']}/locations/{match['location']}", match["repo"])
+
+
 def ensure_repository(registry: Any, image: str, service: str) -> None:
     """Create the Artifact Registry repository ``image`` is pushed to if it is missing; NotReady
     while it is being created. Other registries (``gcr.io``, a user's own) are left alone."""
     from google.api_core import exceptions as gexc
     from google.cloud import artifactregistry_v1 as ar
 
-    match = _REGISTRY_IMAGE.match(image)
-    if match is None:
+    repository_path = repository_of(image)
+    if repository_path is None:
         return
-    parent = f"projects/{match['project']}/locations/{match['location']}"
-    name = f"{parent}/repositories/{match['repo']}"
+    parent, repository_id = repository_path
+    name = f"{parent}/repositories/{repository_id}"
     try:
         registry.get_repository(name=name)
         return
@@ -200,7 +207,7 @@ def ensure_repository(registry: Any, image: str, service: str) -> None:
         raise _api_error(service, f"reading repository {name}", exc) from exc
     repository = ar.Repository(format_=ar.Repository.Format.DOCKER, description="Images built by Podium")
     try:
-        registry.create_repository(parent=parent, repository_id=match["repo"], repository=repository)
+        registry.create_repository(parent=parent, repository_id=repository_id, repository=repository)
         log.info("artifact registry repository created", repository=name)
     except gexc.AlreadyExists:
         pass  # created meanwhile
@@ -214,11 +221,11 @@ def existing_image(registry: Any, image: str, service: str) -> str | None:
     digest, so the same sources need no second build), or None."""
     from google.api_core import exceptions as gexc
 
-    match = _REGISTRY_IMAGE.match(image)
-    if match is None:
+    repository_path = repository_of(image)
+    if repository_path is None:
         return None
     base, _, tag = image.rpartition(":")
-    parent = f"projects/{match['project']}/locations/{match['location']}/repositories/{match['repo']}"
+    parent = "/repositories/".join(repository_path)
     try:
         for found in registry.list_docker_images(parent=parent):
             if found.uri.split("@", 1)[0] == base and tag in found.tags:
