@@ -22,7 +22,6 @@ from google.cloud import iam_admin_v1, pubsub_v1
 
 from daemon.config import Settings
 from handlers.configgen import generate_configs
-from handlers.iam.base import resource_name
 from handlers.secrets import child_env, service_env
 from machines.architecture import load_architecture
 from machines.hydration import all_services, hydrate
@@ -31,6 +30,7 @@ from tests.fakes.artifact_registry import ArtifactRegistryFake
 from tests.fakes.bigquery import BigQueryFake, start_bigquery_fake
 from tests.fakes.cloud_build import CloudBuildFake
 from tests.fakes.cloud_run import CloudRunFake, start_cloud_run_fake
+from tests.fakes.granted import binding_granted
 from tests.fakes.grpc_server import FakeServer, insecure_client
 from tests.fakes.iam_admin import IamFakes, start_iam_fakes
 from tests.fakes.iam_policy import PolicyStore
@@ -80,20 +80,10 @@ class GcpWorld:
 
     def granted(self, b: IamBinding) -> bool:
         """Whether the fake holding ``b``'s resource grants its role to its member."""
-        name = resource_name(b, ARCH_PROJECT)
         stores = {"project": self.iam.project_policies, "pubsub_topic": self.pubsub_iam.policies,
                   "pubsub_subscription": self.pubsub_iam.policies, "cloudrun_service": self.run.policies,
                   "secret": self.secrets, "service_account": self.iam.account_policies}
-        if b.resource_type in stores:
-            return b.member in stores[b.resource_type].bindings(name).get(b.role, set())
-        if b.resource_type == "gcs_bucket":
-            policy = self.storage.client(ARCH_PROJECT).bucket(name.rsplit("/", 1)[1]).get_iam_policy()
-            return b.member in policy.get(b.role, set())
-        if b.resource_type == "bigquery_table":
-            _, project, _, dataset, _, table = name.split("/")
-            bindings = self.bigquery.table_policy(f"{project}.{dataset}.{table}").get("bindings", [])
-            return any(x["role"] == b.role and b.member in x.get("members", []) for x in bindings)
-        raise AssertionError(f"no fake holds {b.resource_type}")
+        return binding_granted(b, ARCH_PROJECT, stores, self.storage, self.bigquery)
 
     def stop(self) -> None:
         for part in (self.builds, self.registry, self.run, self.pubsub_iam, self.iam, self.storage,

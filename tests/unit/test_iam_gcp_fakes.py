@@ -15,7 +15,6 @@ from daemon.config import Settings
 from handlers.base import EffectContext, Outcome
 from handlers.gcp_clients import GcpClients
 from handlers.iam import effects
-from handlers.iam.base import resource_name
 from handlers.iam.gcp import GcpIam
 from machines.hydration import all_services, hydrate
 from machines.iam_plan import IamBinding, plan_iam
@@ -23,6 +22,7 @@ from machines.messages import RunView
 from tests.architectures import rich_architecture
 from tests.fakes.bigquery import BigQueryFake, start_bigquery_fake
 from tests.fakes.cloud_run import CloudRunFake, start_cloud_run_fake
+from tests.fakes.granted import binding_granted
 from tests.fakes.grpc_server import FakeServer, insecure_client
 from tests.fakes.iam_admin import IamFakes, start_iam_fakes
 from tests.fakes.iam_policy import PolicyStore
@@ -49,21 +49,10 @@ class World:
                 "bigquery": self.bigquery.endpoint}
 
     def granted(self, b: IamBinding) -> bool:
-        name = resource_name(b, PROJECT)
-        kind = b.resource_type
-        if kind in ("project", "pubsub_topic", "pubsub_subscription", "cloudrun_service", "secret"):
-            store = {"project": self.iam.project_policies, "pubsub_topic": self.pubsub.policies,
-                     "pubsub_subscription": self.pubsub.policies, "cloudrun_service": self.run.policies,
-                     "secret": self.secrets}[kind]
-            return b.member in store.bindings(name).get(b.role, set())
-        if kind == "gcs_bucket":
-            policy = self.storage.client(PROJECT).bucket(name.rsplit("/", 1)[1]).get_iam_policy()
-            return b.member in policy.get(b.role, set())
-        if kind == "bigquery_table":
-            _, project, _, dataset, _, table = name.split("/")
-            bindings = self.bigquery.table_policy(f"{project}.{dataset}.{table}").get("bindings", [])
-            return any(x["role"] == b.role and b.member in x.get("members", []) for x in bindings)
-        raise AssertionError(f"no check for {kind}")
+        stores = {"project": self.iam.project_policies, "pubsub_topic": self.pubsub.policies,
+                  "pubsub_subscription": self.pubsub.policies, "cloudrun_service": self.run.policies,
+                  "secret": self.secrets}
+        return binding_granted(b, PROJECT, stores, self.storage, self.bigquery)
 
 
 @pytest.fixture
