@@ -84,7 +84,7 @@ def up(
     with ExitStack() as stack:
         emulators = attach_from_env()
         if emulators is None:
-            console.print("starting the Pub/Sub and Firestore emulators …")
+            console.print("starting the Pub/Sub, Firestore and Cloud Storage emulators …")
             emulators = start_emulators(work_dir=state_dir / "emulators")
             stack.callback(emulators.stop)
             emulators.export()
@@ -93,7 +93,8 @@ def up(
         settings = Settings(
             backend="local", source_root=architecture.parent, state_dir=state_dir, sweep_interval_seconds=0.5
         )
-        console.print(f"emulators: pubsub {emulators.pubsub_host}, firestore {emulators.firestore_host}")
+        console.print(f"emulators: pubsub {emulators.pubsub_host}, firestore {emulators.firestore_host}, "
+                      f"storage {emulators.storage_host or '(none)'}")
         ensure_daemon_plumbing(settings)
         daemon = Daemon(settings, http_port=0)
         daemon.start()

@@ -39,7 +39,7 @@ _INSTALL_HINTS = {
     "pubsub": ("pubsub-emulator", "google-cloud-cli-pubsub-emulator"),
     "firestore": ("cloud-firestore-emulator", "google-cloud-cli-firestore-emulator"),
 }
-LABELS = {"pubsub": "Pub/Sub", "firestore": "Firestore"}
+LABELS = {"pubsub": "Pub/Sub", "firestore": "Firestore", "storage": "Cloud Storage"}
 
 _SHIM_CLASS = "io/grpc/InternalStatus.class"
 _SHIM_METHOD = (

@@ -1,10 +1,11 @@
-"""Google's Pub/Sub and Firestore emulators on loopback (DESIGN.md §2).
+"""Google's Pub/Sub and Firestore emulators, and a Cloud Storage one, on loopback (DESIGN.md §2).
 
 Finds the emulator jars of the Google Cloud SDK, starts both with ``java`` on free
-loopback ports, waits until each answers, and stops them by PID::
+loopback ports, starts ``gcp-storage-emulator`` (PyPI; the GCS JSON API, in memory) beside them
+with this Python, waits until each answers, and stops them by PID::
 
     with start_emulators() as emu:
-        emu.export()                 # PUBSUB_EMULATOR_HOST, FIRESTORE_EMULATOR_HOST
+        emu.export()                 # PUBSUB_, FIRESTORE_ and STORAGE_EMULATOR_HOST
         ...
         emu.reset_firestore("podium-test")
 
@@ -13,8 +14,8 @@ emulator's classpath shim (0.8.20 cannot redeliver after a cancelled stream with
 ``devtools/emulator_processes.py`` launches a process on a loopback port, waits until it
 answers and stops its process group. This module holds the running pair and the command line.
 
-Command line: ``python -m devtools.emulators run -- CMD ARGS...`` starts both, exports the
-two variables, runs CMD, stops the emulators whatever happens, and exits with CMD's
+Command line: ``python -m devtools.emulators run -- CMD ARGS...`` starts all three, exports
+the variables, runs CMD, stops the emulators whatever happens, and exits with CMD's
 exit code (2 when the emulators could not be started). ``python -m devtools.emulators
 check`` tells what was found.
 """
@@ -88,6 +89,7 @@ class Emulators:
 
     pubsub_host: str
     firestore_host: str
+    storage_host: str = ""  # empty when attached to emulators started elsewhere without one
     work_dir: Path | None = None
     _procs: tuple[_Proc, ...] = field(default=(), repr=False, compare=False)
     _owns_work_dir: bool = field(default=False, repr=False, compare=False)
@@ -102,13 +104,16 @@ class Emulators:
         return {p.name: p.popen.pid for p in self._procs}
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "PUBSUB_EMULATOR_HOST": self.pubsub_host,
             "FIRESTORE_EMULATOR_HOST": self.firestore_host,
         }
+        if self.storage_host:  # google-cloud-storage wants a URL here, not host:port
+            env["STORAGE_EMULATOR_HOST"] = f"http://{self.storage_host}"
+        return env
 
     def export(self) -> None:
-        """Set the two standard variables in ``os.environ``."""
+        """Set the standard variables in ``os.environ``."""
         os.environ.update(self.env())
 
     def log_tail(self, name: str, lines: int = 40) -> str:
@@ -154,11 +159,12 @@ class Emulators:
 
 def attach_from_env(environ: Mapping[str, str] | None = None) -> Emulators | None:
     """Emulators already announced by PUBSUB_EMULATOR_HOST and FIRESTORE_EMULATOR_HOST
-    (both set), else None. `stop()` on the result does nothing."""
+    (both set; STORAGE_EMULATOR_HOST too if set), else None. `stop()` on the result does nothing."""
     env = os.environ if environ is None else environ
     pubsub, firestore = env.get("PUBSUB_EMULATOR_HOST"), env.get("FIRESTORE_EMULATOR_HOST")
+    storage = env.get("STORAGE_EMULATOR_HOST", "").removeprefix("http://")
     if pubsub and firestore:
-        return Emulators(pubsub_host=pubsub, firestore_host=firestore)
+        return Emulators(pubsub_host=pubsub, firestore_host=firestore, storage_host=storage)
     return None
 
 
@@ -170,11 +176,12 @@ def start_emulators(
     host: str = "127.0.0.1",
     pubsub_port: int | None = None,
     firestore_port: int | None = None,
+    storage_port: int | None = None,
     timeout: float = 60.0,
     shim: bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Emulators:
-    """Start both emulators and return once each answers.
+    """Start the three emulators and return once each answers.
 
     ``path`` is the PATH searched for java/javac (default: $PATH). ``work_dir`` holds
     the logs (default: a temporary folder, removed by `stop()`). ``shim``: None applies
@@ -208,8 +215,15 @@ def start_emulators(
             ],
             lambda port: "Dev App Server is now running",
         ),
+        # A Python emulator of the GCS JSON API (buckets and objects), kept in memory.
+        "storage": _Spec(
+            "storage",
+            lambda port: [sys.executable, "-m", "gcp_storage_emulator", "start",
+                          f"--host={host}", f"--port={port}", "--in-memory"],
+            lambda port: "All services started",
+        ),
     }
-    fixed = {"pubsub": pubsub_port, "firestore": firestore_port}
+    fixed = {"pubsub": pubsub_port, "firestore": firestore_port, "storage": storage_port}
 
     owns = work_dir is None
     wd = Path(tempfile.mkdtemp(prefix="podium-emulators-")) if work_dir is None else Path(work_dir)
@@ -240,8 +254,9 @@ def start_emulators(
     return Emulators(
         pubsub_host=f"{host}:{procs['pubsub'].port}",
         firestore_host=f"{host}:{procs['firestore'].port}",
+        storage_host=f"{host}:{procs['storage'].port}",
         work_dir=wd,
-        _procs=(procs["pubsub"], procs["firestore"]),
+        _procs=(procs["pubsub"], procs["firestore"], procs["storage"]),
         _owns_work_dir=owns,
     )
 
@@ -299,10 +314,10 @@ def _run_child(cmd: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devtools.emulators",
-        description="Start Google's Pub/Sub and Firestore emulators on loopback.",
+        description="Start the Pub/Sub, Firestore and Cloud Storage emulators on loopback.",
     )
     sub = parser.add_subparsers(dest="action", required=True)
-    run = sub.add_parser("run", help="start both, run CMD with the emulator variables, stop both")
+    run = sub.add_parser("run", help="start the emulators, run CMD with their variables, stop them")
     run.add_argument("--work-dir", type=Path, help="keep the emulator logs here")
     run.add_argument("--timeout", type=float, default=60.0, help="start-up timeout (s)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
@@ -333,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with emulators:
         emulators.export()
         print(
-            f"emulators: pubsub {emulators.pubsub_host}, firestore {emulators.firestore_host} "
+            f"emulators: pubsub {emulators.pubsub_host}, firestore {emulators.firestore_host}, "
+            f"storage {emulators.storage_host} "
             f"(ready in {time.monotonic() - started:.1f} s)",
             file=sys.stderr,
             flush=True,

@@ -1,4 +1,5 @@
-"""The ConfigGenerator: writes each service's ``resources.yaml`` and the director's ``services.yaml``.
+"""The ConfigGenerator: writes each service's ``resources.yaml`` and the director's ``services.yaml``,
+and copies each service's ``deployment.config_templates``.
 
 Anchor §3, with its rough edges filed off:
 
@@ -13,6 +14,12 @@ Anchor §3, with its rough edges filed off:
   when its bytes change, so a second run with the same input touches nothing.
 * The output is byte-for-byte stable: sorted keys, sorted lists, no timestamps, no random tags.
   Secrets stay names (``secret_environment_vars`` carry ``value_from`` references only).
+* ``config_templates`` (src → dest, both relative to the service folder) are **plain copies**, as
+  the anchor's ``GenerateAndWriteServiceSpecificConfigs`` made them: the src's bytes, nothing
+  rendered or substituted. Both paths must resolve (symlinks followed) inside the service folder;
+  the src must be a regular file of at most ``MAX_TEMPLATE_BYTES``. A copied file carries no
+  marker, so Podium cannot tell it from a hand-written one later: a dest is never deleted (not
+  when the entry is removed either); it is only written when its bytes differ.
 
 Side effects: files under the source root only.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,18 +38,22 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from machines.architecture import Architecture, ServiceSpec
+from machines.architecture.schema import config_templates_problems
 from machines.errors import HandlerError
 from machines.hydration import all_services, hydrate, service_dir
 from machines.resources import render_resources_yaml, resources_for_service
 
 __all__ = [
     "MARKER_PREFIX",
+    "MAX_TEMPLATE_BYTES",
+    "MAX_TEMPLATES_TOTAL_BYTES",
     "contained_service_dir",
     "GeneratedFile",
     "PlannedFile",
     "generate_configs",
     "marker_line",
     "plan_configs",
+    "plan_templates",
     "remove_stale_configs",
 ]
 
@@ -50,6 +62,10 @@ RESOURCES_FILE = "resources.yaml"
 SERVICES_FILE = "services.yaml"
 _GENERATED_NAMES = (RESOURCES_FILE, SERVICES_FILE)
 _SKIP_DIRS = frozenset({"node_modules", "__pycache__", "venv", "site-packages"})
+MAX_TEMPLATE_BYTES = 2**20  # one config_templates src
+MAX_TEMPLATES_TOTAL_BYTES = 32 * 2**20  # every copy of one run together
+
+Kind = Literal["resources", "services", "template"]
 
 
 class GeneratedFile(BaseModel):
@@ -58,7 +74,7 @@ class GeneratedFile(BaseModel):
     service: str
     path: Path
     sha256: str
-    kind: Literal["resources", "services"] = "resources"
+    kind: Kind = "resources"
     changed: bool = False  # False when the file already had exactly these bytes
 
 
@@ -69,7 +85,7 @@ class PlannedFile(BaseModel):
 
     service: str
     path: Path
-    kind: Literal["resources", "services"]
+    kind: Kind
     content: bytes
 
     @property
@@ -146,9 +162,11 @@ def plan_configs(arch: Architecture, source_root: Path) -> list[PlannedFile]:
 
 
 def generate_configs(arch: Architecture, source_root: Path) -> list[GeneratedFile]:
-    """Remove stale generated files, then write every service's ``resources.yaml`` and the
-    director's ``services.yaml``. Raises ``HandlerError`` (not retryable) if a build folder is
-    missing; ``OSError``s while writing propagate (the effect runner retries them)."""
+    """Remove stale generated files, then write every service's ``resources.yaml``, the
+    director's ``services.yaml`` and every ``config_templates`` copy (``plan_templates``).
+    Everything is checked and read before anything is written or removed. Raises
+    ``HandlerError`` (not retryable) if a build folder is missing or a template is refused;
+    ``OSError``s while writing propagate."""
     source_root = Path(source_root)
     planned = plan_configs(arch, source_root)
     for p in planned:  # before anything is written or removed
@@ -159,9 +177,10 @@ def generate_configs(arch: Architecture, source_root: Path) -> list[GeneratedFil
             "build folder(s) do not exist: " + ", ".join(missing) + f" (source root {source_root})",
             retryable=False,
         )
+    copies = plan_templates(arch, source_root, planned)
     remove_stale_configs(arch, source_root, keep={p.path for p in planned})
     out: list[GeneratedFile] = []
-    for p in planned:
+    for p in [*planned, *copies]:
         changed = _write_if_changed(p.path, p.content)
         out.append(
             GeneratedFile(
@@ -169,6 +188,103 @@ def generate_configs(arch: Architecture, source_root: Path) -> list[GeneratedFil
             )
         )
     return out
+
+
+def plan_templates(
+    arch: Architecture, source_root: Path, generated: list[PlannedFile] | None = None
+) -> list[PlannedFile]:
+    """Every ``config_templates`` copy (kind ``template``) with the src's bytes, services in
+    ``all_services`` order, entries in document order. A plain copy: nothing is rendered.
+
+    Reads the sources, writes nothing. ``generated`` is what ``plan_configs`` plans (computed when
+    not given): no dest may resolve onto one of those files, and a src that resolves to one is
+    copied from its planned bytes (what this run writes, not what is on disk).
+
+    Raises ``HandlerError`` (not retryable) naming the service and the entry when a path is
+    refused at load (a model built without validation), resolves outside the service folder
+    (symlinks followed), the src is missing, not a regular file or larger than
+    ``MAX_TEMPLATE_BYTES``, the dest is a folder or its folder does not exist, or two entries
+    write the same file with different sources (services sharing a build folder may repeat the
+    same entry); and when all copies together exceed ``MAX_TEMPLATES_TOTAL_BYTES``.
+    """
+    source_root = Path(source_root)
+    if generated is None:
+        generated = plan_configs(arch, source_root)
+    generated_by_path = {_resolved(p.path): p for p in generated}
+    entries: list[tuple[str, str, str, Path, Path, Path]] = []  # service, src, dest, paths
+    for name, (_, spec) in all_services(arch).items():
+        if spec.deployment is None or not spec.deployment.config_templates:
+            continue
+        templates = spec.deployment.config_templates
+        problems = config_templates_problems(templates)
+        if problems:
+            raise HandlerError(
+                f"service {name!r}: deployment.config_templates: " + "; ".join(problems),
+                retryable=False,
+            )
+        folder = contained_service_dir(spec, source_root)
+        real_folder = _resolved(folder)
+        for src, dest in templates.items():
+            what = f"service {name!r}: config_templates entry {src!r} -> {dest!r}"
+            real_src, real_dest = _resolved(folder / src), _resolved(folder / dest)
+            for role, given, real in (("src", src, real_src), ("dest", dest, real_dest)):
+                if not real.is_relative_to(real_folder):
+                    raise HandlerError(
+                        f"{what}: {role} {given!r} resolves to {real}, outside the service folder "
+                        f"{real_folder}; refused (symlinks included)",
+                        retryable=False,
+                    )
+            entries.append((name, src, dest, folder / dest, real_src, real_dest))
+    sources = {real_src: (name, src) for name, src, _, _, real_src, _ in entries}
+    copies: list[PlannedFile] = []
+    by_dest: dict[Path, tuple[str, str, Path]] = {}
+    contents: dict[Path, bytes] = {}
+    total = 0
+    for name, src, dest, path, real_src, real_dest in entries:
+        what = f"service {name!r}: config_templates entry {src!r} -> {dest!r}"
+        if real_dest in generated_by_path:
+            raise HandlerError(
+                f"{what}: dest resolves to {real_dest}, a file Podium generates; refused",
+                retryable=False,
+            )
+        if real_dest in sources:
+            other = sources[real_dest]
+            raise HandlerError(
+                f"{what}: dest resolves to {real_dest}, the src of service {other[0]!r}'s entry "
+                f"{other[1]!r}; a copy must not overwrite what a copy reads",
+                retryable=False,
+            )
+        seen = by_dest.get(real_dest)
+        if seen is not None:
+            if seen[2] == real_src:
+                continue  # services sharing a build folder repeat the same entry: one copy
+            raise HandlerError(
+                f"{what}: dest resolves to {real_dest}, also written by service {seen[0]!r}'s "
+                f"entry {seen[1]!r} from another src",
+                retryable=False,
+            )
+        if real_dest.is_dir():
+            raise HandlerError(f"{what}: dest {real_dest} is a folder", retryable=False)
+        if not real_dest.parent.is_dir():
+            raise HandlerError(
+                f"{what}: the dest's folder {real_dest.parent} does not exist", retryable=False
+            )
+        if real_src not in contents:
+            planned = generated_by_path.get(real_src)
+            contents[real_src] = (
+                planned.content if planned is not None else _read_template(what, real_src)
+            )
+        content = contents[real_src]
+        total += len(content)
+        if total > MAX_TEMPLATES_TOTAL_BYTES:
+            raise HandlerError(
+                f"{what}: the config_templates copies come to more than "
+                f"{MAX_TEMPLATES_TOTAL_BYTES} bytes together; refused",
+                retryable=False,
+            )
+        by_dest[real_dest] = (name, src, real_src)
+        copies.append(PlannedFile(service=name, path=path, kind="template", content=content))
+    return copies
 
 
 def remove_stale_configs(
@@ -235,7 +351,7 @@ def _is_venv(path: Path) -> bool:
 def _resolved(path: Path) -> Path:
     try:
         return path.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         return path.absolute()
 
 
@@ -246,6 +362,38 @@ def _first_line(path: Path) -> str | None:
     except OSError:
         return None
     return first.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _read_template(what: str, path: Path) -> bytes:
+    """A src's bytes: a regular file (checked on the opened descriptor, so a FIFO or a device is
+    never read, nor a symlink swapped in after the check) of at most ``MAX_TEMPLATE_BYTES``."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise HandlerError(f"{what}: src {path} does not exist", retryable=False) from None
+    except OSError as exc:
+        raise HandlerError(f"{what}: cannot open src {path}: {exc.strerror}", retryable=False) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise HandlerError(f"{what}: src {path} is {kind}", retryable=False)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_TEMPLATE_BYTES and (chunk := os.read(fd, MAX_TEMPLATE_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise HandlerError(f"{what}: cannot read src {path}: {exc.strerror}", retryable=False) from exc
+    finally:
+        os.close(fd)
+    content = b"".join(chunks)
+    if len(content) > MAX_TEMPLATE_BYTES:
+        raise HandlerError(
+            f"{what}: src {path} is larger than {MAX_TEMPLATE_BYTES} bytes; refused", retryable=False
+        )
+    return content
 
 
 def _write_if_changed(path: Path, content: bytes) -> bool:

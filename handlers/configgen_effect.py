@@ -1,5 +1,6 @@
 """Effect kind ``configgen``: write every service's ``resources.yaml`` and the director's
-``services.yaml`` (``handlers.configgen``) into the run's source tree."""
+``services.yaml``, and copy every ``config_templates`` entry (``handlers.configgen``), in the run's
+source tree."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def build_command(ctx: EffectContext) -> dict[str, Any]:
     if instruction in ("dataflow-setup", "teardown", "dependent-resource-setup"):
         if dataflow not in arch.dataflows:
             raise HandlerError(f"dataflow {dataflow!r} is not in the architecture", retryable=False)
-        payload = {"dataflow_name": dataflow,
+        payload = {"dataflow_name": dataflow, "region": arch.region,
                    "resources": _resources(arch, str(dataflow), removable_only=instruction == "teardown")}
         if instruction == "dependent-resource-setup":
             payload["service_urls"] = dict(ctx.outputs.get("urls", {}))

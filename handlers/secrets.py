@@ -65,12 +65,12 @@ def child_env(declared: Mapping[str, str] | None = None, environ: Mapping[str, s
 def service_env(deployment: DeploymentSpec, *, project: str, service: str, dataflow: str) -> dict[str, str]:
     """The non-secret variables Podium gives a service: ``PROJECT_ID``, ``SERVICE_NAME``,
     ``DATAFLOW_NAME`` (unless declared non-empty), its ``environment_vars``, and the Pub/Sub and
-    Firestore emulator switches."""
+    Firestore and Storage emulator switches."""
     env = {"PROJECT_ID": project, "SERVICE_NAME": service, "DATAFLOW_NAME": dataflow}
     env.update({k: str(v) for k, v in deployment.environment_vars.items()})
     for key, default in (("PROJECT_ID", project), ("SERVICE_NAME", service), ("DATAFLOW_NAME", dataflow)):
         env[key] = env.get(key) or default
-    for key in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
+    for key in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env

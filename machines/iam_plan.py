@@ -10,7 +10,7 @@ Role table (the anchor's, with its gaps filled):
 | BigQuery table producer / consumer | ``bigquery.dataEditor`` / ``bigquery.dataViewer`` on the table (id ``dataset:table``) |
 | Firestore database *or collection* producer / consumer | ``datastore.user`` / ``datastore.viewer`` on the project |
 | ``dependencies: [svc]`` | ``run.invoker`` on Cloud Run service ``svc`` (in its region) |
-| scheduler job | ``run.invoker`` for the job's account on ``target_service`` |
+| scheduler job | ``run.invoker`` for the job's account on ``target_service``; ``iam.serviceAccountUser`` on that account for the director (it creates the job) |
 | ``secret_environment_vars`` | ``secretmanager.secretAccessor`` on the secret ``value_from`` |
 | ``iam_access_policy`` entry | its role on that resource (Firestore: on the project) |
 | the director | project roles: ``pubsub.admin``, ``storage.admin`` (buckets), ``bigquery.admin`` (datasets/tables), ``datastore.owner`` (Firestore), ``iam.serviceAccountAdmin`` (services), ``secretmanager.admin`` (secrets), ``run.admin`` (dependencies), ``cloudscheduler.admin`` (scheduler jobs) |
@@ -337,3 +337,9 @@ def _bind_director(collector: Collector, arch: Architecture) -> None:
     director = arch.service_manager_spec.name
     for role, reason in director_roles(arch):
         collector.bind(director, "project", arch.project_id, (role,), reason, phase="project")
+    # Creating a job that calls with an OIDC token of an account needs actAs on that account.
+    for df in arch.dataflows.values():
+        for job in df.resources.cloud_scheduler_jobs:
+            email = service_account_email(_job_account(job.name, job.service_account), arch.project_id)
+            collector.bind(director, "service_account", email, ("roles/iam.serviceAccountUser",),
+                           f"the director creates scheduler job {job.name}, which calls as {email}")

@@ -12,7 +12,9 @@ from typing import Any
 from machines.draft import RunDraft
 from machines.messages import Event, RunState
 
-__all__ = ["attempt_of", "record_item_failure", "record_outputs", "record_resources", "stale_reason"]
+__all__ = [
+    "attempt_of", "record_item_failure", "record_outputs", "record_removed_resources", "record_resources", "stale_reason",
+]
 
 _IAM_ITEM = {"verifying_iam": "accounts", "verifying_dataflow_iam": "resources"}
 
@@ -71,26 +73,51 @@ def record_outputs(run: RunDraft, event: Event) -> None:
         removed = [str(e) for e in data.get("removed", []) if isinstance(e, str)]
         run.outputs["removed_accounts"] = sorted(removed)
     if event.type in ("director.dataflow_complete", "director.dependent_complete"):
-        record_resources(run, data.get("resources"))
+        if data.get("instruction") == "teardown":
+            record_removed_resources(run, data.get("removed"))
+        else:
+            record_resources(run, data.get("resources"))
 
 
 RESOURCE_FIELDS = ("kind", "name", "dataflow", "location")
 MAX_RESOURCES = 500  # with the architecture (at most 800 KiB) the document stays under 1 MiB
 
 
-def record_resources(run: RunDraft, reported: Any) -> None:
-    """Merge what the director reports it created into ``outputs.resources`` (a list of
-    ``{kind, name, dataflow, location}``, one per (kind, name, location), in a stable order).
+def _entries(reported: Any) -> list[dict[str, str]]:
+    """The well-formed ``{kind, name, dataflow, location}`` entries of a director's list.
     Malformed entries are left out: the reply is the director's, not ours to trust."""
     if not isinstance(reported, list):
-        return
-    known = {(r["kind"], r["name"], r["location"]): r for r in run.outputs.get("resources", [])}
-    for item in reported[:MAX_RESOURCES]:
-        if isinstance(item, Mapping) and all(isinstance(item.get(f), str) and item[f] for f in RESOURCE_FIELDS):
-            entry = {f: str(item[f])[:256] for f in RESOURCE_FIELDS}
-            known[(entry["kind"], entry["name"], entry["location"])] = entry
+        return []
+    return [{f: str(item[f])[:256] for f in RESOURCE_FIELDS} for item in reported[:MAX_RESOURCES]
+            if isinstance(item, Mapping) and all(isinstance(item.get(f), str) and item[f] for f in RESOURCE_FIELDS)]
+
+
+def _key(entry: Mapping[str, str]) -> tuple[str, str, str]:
+    return entry["kind"], entry["name"], entry["location"]
+
+
+def _merged(current: list[dict[str, str]], added: list[dict[str, str]]) -> list[dict[str, str]]:
+    known = {_key(r): r for r in [*current, *added]}
     ordered = sorted(known.values(), key=lambda r: (r["dataflow"], r["kind"], r["name"], r["location"]))
-    run.outputs["resources"] = ordered[:MAX_RESOURCES]
+    return ordered[:MAX_RESOURCES]
+
+
+def record_resources(run: RunDraft, reported: Any) -> None:
+    """Merge what the director reports it created into ``outputs.resources`` (a list of
+    ``{kind, name, dataflow, location}``, one per (kind, name, location), in a stable order)."""
+    entries = _entries(reported)
+    if entries or isinstance(reported, list):
+        run.outputs["resources"] = _merged(run.outputs.get("resources", []), entries)
+
+
+def record_removed_resources(run: RunDraft, reported: Any) -> None:
+    """A teardown's ``removed`` entries move from ``outputs.resources`` to ``outputs.removed_resources``."""
+    removed = _entries(reported)
+    if not removed:
+        return
+    gone = {_key(r) for r in removed}
+    run.outputs["resources"] = [r for r in run.outputs.get("resources", []) if _key(r) not in gone]
+    run.outputs["removed_resources"] = _merged(run.outputs.get("removed_resources", []), removed)
 
 
 _FAILURE_PHASE = {

@@ -97,7 +97,7 @@ def resources_for_service(arch: Architecture, service: str) -> dict[str, list[di
     for kind in RESOURCE_KINDS:
         items = picked[kind]
         if items:
-            out[kind] = [prune(items[key].model_dump(mode="json")) for key in sorted(items)]
+            out[kind] = [prune(items[key].model_dump(mode="json", by_alias=True)) for key in sorted(items)]
     return out
 
 

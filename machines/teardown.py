@@ -47,8 +47,10 @@ class TeardownSteps:
 
     def _enter_removing_dataflows(self: _Model) -> None:
         director_up = self.items("director").get("ready") == "succeeded"
+        # A dataflow whose setup was sent may have half its resources even if the setup failed:
+        # the director deletes what exists and reports the rest missing.
         set_up = self.run.progress.get("dataflows", {})
-        names = [d for d in self.run.plan.get("ephemeral_dataflows", []) if set_up.get(d) == "succeeded"]
+        names = [d for d in self.run.plan.get("ephemeral_dataflows", []) if d in set_up]
         self.open_phase("teardown", names if director_up else [])
         for name in self.pending("teardown"):
             self.effect("director.command", name, suffix=":teardown", instruction="teardown", dataflow=name,

@@ -14,7 +14,8 @@
 3. A new process is ``sys.executable main.py`` in that folder, in its own session (so it survives
    the daemon being killed with SIGKILL), output appended to ``<state_dir>/logs/<service>.log``,
    with ``PORT`` (a free loopback port), ``HOST=127.0.0.1``, ``PROJECT_ID``, ``SERVICE_NAME``,
-   ``DATAFLOW_NAME``, the deployment's ``environment_vars`` and its own resolved secrets, on top
+   ``DATAFLOW_NAME``, ``PODIUM_LOCAL_BIGQUERY_DIR`` (``<state_dir>/bigquery``: local BigQuery
+   datasets as SQLite files), the deployment's ``environment_vars`` and its own resolved secrets, on top
    of a minimal environment (``handlers.secrets.child_env``: PATH, HOME, locale, TMPDIR, the
    emulator switches). Nothing else of the daemon's environment reaches it.
 4. Health: ``GET /healthz`` must answer 200. Until it does, a live process younger than 30 s
@@ -90,6 +91,7 @@ HEALTH_GRACE_SECONDS = 30.0
 RECHECK_SECONDS = 0.5
 HEALTH_TIMEOUT_SECONDS = 1.0
 LOG_TAIL_CHARS = 2000
+LOCAL_BIGQUERY_ENV = "PODIUM_LOCAL_BIGQUERY_DIR"
 
 _LOCAL_IMAGE = re.compile(r"^local://(?P<service>[^@/\s]+)@sha256:(?P<digest>[0-9a-f]{12,128})$")
 
@@ -117,6 +119,8 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
     state_dir = Path(ctx.settings.state_dir)
 
     plain_env = service_env(deployment, project=project, service=service, dataflow=dataflow)
+    # Local BigQuery: SQLite files the director creates and the services read and write.
+    plain_env.setdefault(LOCAL_BIGQUERY_ENV, str(state_dir / "bigquery"))
     secrets = resolve_secrets(deployment, state_dir, service)  # fails early, naming a missing one
     hidden = [*secrets.values(), *known_secret_values(state_dir)]  # kept out of error messages
     config_hash = _config_hash(str(image), plain_env, deployment)

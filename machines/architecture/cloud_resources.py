@@ -9,9 +9,10 @@ carry explicit IAM grants (``IamAccess``). Whether those names exist is a cross-
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from machines.architecture.fields import (
     BackoffDuration,
@@ -35,6 +36,7 @@ from machines.architecture.fields import (
 __all__ = [
     "YAML_METHODS",
     "BigQueryDataset",
+    "BIGQUERY_TYPES",
     "BigQueryTable",
     "CloudResource",
     "CloudResourcesSpec",
@@ -52,6 +54,7 @@ __all__ = [
     "RetryPolicy",
     "ServiceMapping",
     "Subscription",
+    "TableField",
     "Topic",
 ]
 
@@ -149,9 +152,46 @@ class BigQueryDataset(CloudResource):
     location: Text = ""
 
 
+BIGQUERY_TYPES: frozenset[str] = frozenset({
+    "STRING", "BYTES", "INTEGER", "INT64", "FLOAT", "FLOAT64", "NUMERIC", "BIGNUMERIC",
+    "BOOLEAN", "BOOL", "TIMESTAMP", "DATE", "TIME", "DATETIME", "GEOGRAPHY", "JSON",
+    "RECORD", "STRUCT", "INTERVAL",
+})
+_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
+
+
+class TableField(Model):
+    """One column, in BigQuery's JSON schema form (``bq show --schema``): RECORD nests ``fields``."""
+
+    name: Required
+    type: Required
+    mode: Literal["NULLABLE", "REQUIRED", "REPEATED"] = "NULLABLE"
+    description: Text = ""
+    fields: Seq[TableField] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _COLUMN_NAME.match(value):
+            raise ValueError(f"{value!r} is not a column name (a letter or _, then letters, digits, _)")
+        return value
+
+    @model_validator(mode="after")
+    def _type(self) -> TableField:
+        kind = self.type.upper()
+        if kind not in BIGQUERY_TYPES:
+            raise ValueError(f"type {self.type!r} is not a BigQuery type (one of {', '.join(sorted(BIGQUERY_TYPES))})")
+        if (kind in ("RECORD", "STRUCT")) != bool(self.fields):
+            raise ValueError(f"column {self.name}: a RECORD has `fields`, and only a RECORD has them")
+        return self
+
+
 class BigQueryTable(CloudResource, ResourceIO):
+    model_config = ConfigDict(**Model.model_config, serialize_by_alias=True)  # ``schema``, not ``schema_``
+
     dataset: DatasetName
-    schema_type: Text = ""
+    schema_: Seq[TableField] = Field(default=(), alias="schema")  # Podium's: the columns, created with the table
+    schema_type: Text = ""  # go-cloud-manager's Go type registry: not readable here, kept for the file's sake
     schema_import_path: Text = ""
     time_partitioning_field: Text = ""
     time_partitioning_type: Literal["", "HOUR", "DAY", "MONTH", "YEAR"] = ""

@@ -74,6 +74,11 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
+def _fields_by_key(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's fields under the key the file uses (its alias, e.g. a table's ``schema``)."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
 def _model_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     """The model class a document path points into from ``root`` (to list its valid keys)."""
     tp: Any = root
@@ -81,7 +86,7 @@ def _model_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseMod
         tp = _unwrap(tp)
         origin = typing.get_origin(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = tp.model_fields.get(str(part))
+            field = _fields_by_key(tp).get(str(part))
             if field is None:
                 return None
             tp = field.annotation
@@ -118,7 +123,7 @@ def translate(err: ErrorDetails, root: type[BaseModel]) -> str:
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
         model = _model_at(root, loc[:-1])
-        valid = sorted(model.model_fields) if model is not None else []
+        valid = sorted(_fields_by_key(model)) if model is not None else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
         if close:
             return f"{format_path(loc)}: unknown key; did you mean {close[0]!r}?"

@@ -13,7 +13,9 @@ resources a dataflow declares are in ``cloud_resources``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -51,6 +53,7 @@ __all__ = [
     "SecretEnvVar",
     "ServiceManagerSpec",
     "ServiceSpec",
+    "config_templates_problems",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -105,10 +108,58 @@ class PreflightSpec(Model):
         return value
 
 
+# The files configgen generates (and removes when stale): a template may not be copied onto one.
+RESERVED_CONFIG_NAMES = ("resources.yaml", "services.yaml")
+
+
+def _template_path_problem(value: str) -> str | None:
+    if not value:
+        return "is empty"
+    if "\x00" in value:
+        return f"{value!r} contains a NUL character"
+    if value.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[/\\]", value):
+        return f"{value!r} is an absolute path; it must be relative to the service folder"
+    if ".." in re.split(r"[/\\]", value):
+        return f"{value!r} has a '..' component; it must stay inside the service folder"
+    if PurePosixPath(value) == PurePosixPath("."):
+        return f"{value!r} is the service folder itself, not a file in it"
+    return None
+
+
+def config_templates_problems(templates: Mapping[str, str]) -> list[str]:
+    """What is wrong with a ``deployment.config_templates`` map (src → dest, both relative to the
+    service folder), checked without touching the disk: each path relative, without ``..``, naming
+    a file; no dest named ``resources.yaml``/``services.yaml`` (at any depth: Podium generates and
+    removes those); no two entries with the same dest; no dest that is also an entry's src. Where
+    the paths resolve (symlinks, a missing src) is checked when the files are copied
+    (``handlers.configgen``)."""
+    problems: list[str] = []
+    srcs = {PurePosixPath(src): src for src in templates if _template_path_problem(src) is None}
+    dests: dict[PurePosixPath, str] = {}
+    for src, dest in templates.items():
+        entry = f"entry {src!r} -> {dest!r}"
+        bad = [f"{entry}: {role} {problem}" for role, value in (("src", src), ("dest", dest))
+               if (problem := _template_path_problem(value)) is not None]
+        if bad:
+            problems.extend(bad)
+            continue
+        target = PurePosixPath(dest)
+        if target.name.casefold() in RESERVED_CONFIG_NAMES:
+            problems.append(f"{entry}: dest {dest!r} is named like a file Podium generates "
+                            f"({' or '.join(RESERVED_CONFIG_NAMES)}); choose another name")
+        elif target in dests:
+            problems.append(f"{entry}: dest {dest!r} is also the dest of entry {dests[target]!r}")
+        elif target in srcs:
+            problems.append(f"{entry}: dest {dest!r} is also the src of entry {srcs[target]!r}; "
+                            "a copy must not overwrite what a copy reads")
+        dests.setdefault(target, src)
+    return problems
+
+
 class DeploymentSpec(Model):
     source_path: SourcePath
     buildable_module_path: ModulePath = ""
-    config_templates: Map[Text] = Field(default_factory=dict)  # accepted, not acted on
+    config_templates: Map[Text] = Field(default_factory=dict)  # src → dest, copied by configgen
     image: Text = ""
     image_repo: Text = ""
     service_url: Text = ""
@@ -128,6 +179,14 @@ class DeploymentSpec(Model):
         if problem:
             raise ValueError(problem)
         return self
+
+    @field_validator("config_templates")
+    @classmethod
+    def _config_templates(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = config_templates_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @field_validator("environment_vars")
     @classmethod
@@ -270,7 +329,7 @@ class Architecture(Model):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, without empty or default-empty fields; ``from_dict`` reads it back unchanged."""
-        result = prune(self.model_dump(mode="json"))
+        result = prune(self.model_dump(mode="json", by_alias=True))
         return result if isinstance(result, dict) else {}
 
     def to_yaml(self) -> str:

@@ -135,11 +135,13 @@ def test_redelivery_after_a_cancelled_streaming_pull(
 
 
 def test_start_stop_owned_pair(tmp_path: Path, project: str) -> None:
-    """A pair started by the API answers, writes logs to work_dir, and stops idempotently."""
+    """The emulators started by the API answer, write logs to work_dir, and stop idempotently."""
     emu = start_emulators(work_dir=tmp_path)
     try:
-        assert emu.owned and set(emu.pids) == {"pubsub", "firestore"}
+        assert emu.owned and set(emu.pids) == {"pubsub", "firestore", "storage"}
         assert _port_open(emu.pubsub_host) and _port_open(emu.firestore_host)
+        assert _port_open(emu.storage_host)
+        assert emu.env()["STORAGE_EMULATOR_HOST"] == f"http://{emu.storage_host}"
         emu.reset_firestore(project)
         assert "Server started" in emu.log_tail("pubsub")
         assert "Dev App Server is now running" in emu.log_tail("firestore")
@@ -147,10 +149,12 @@ def test_start_stop_owned_pair(tmp_path: Path, project: str) -> None:
         emu.stop()
     emu.stop()  # idempotent
     assert not _port_open(emu.pubsub_host) and not _port_open(emu.firestore_host)
+    assert not _port_open(emu.storage_host)
     for pid in emu.pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert (tmp_path / "pubsub.log").is_file() and (tmp_path / "firestore.log").is_file()
+    assert (tmp_path / "storage.log").is_file()
 
 
 def test_run_cli_passes_env_and_exit_code() -> None:

@@ -322,7 +322,6 @@ def test_accepted_but_unused_keys_are_silent() -> None:
     service["health_check"] = {"port": 8080, "path": "/healthz"}
     service["metadata"] = {"team": "core", "tier": 1}
     service["deployment"]["platform"] = "gcp-cloud-run"
-    service["deployment"]["config_templates"] = {"a.tmpl": "a.yaml"}
     service["deployment"]["service_url"] = ""
     tracer(data)["lifecycle"]["keep_resources_on_test"] = True
     tracer(data)["resources"]["topics"][0]["producer_service"]["lookup"]["method"] = "db"
@@ -860,6 +859,68 @@ def test_service_paths_must_stay_under_the_source_root(field: str, value: str, e
     tracer(data)["services"]["publisher"]["deployment"][field] = value
     (problem,) = problems_of(data)
     assert problem.startswith(f"{PUBLISHER}.{field}: {value!r} ") and expected in problem, problem
+
+
+TEMPLATES = f"{PUBLISHER}.config_templates"
+
+
+@pytest.mark.parametrize(
+    ("templates", "expected"),
+    [
+        ({"/etc/passwd": "passwd.txt"},
+         "entry '/etc/passwd' -> 'passwd.txt': src '/etc/passwd' is an absolute path; "
+         "it must be relative to the service folder"),
+        ({"a.tmpl": "/tmp/a.yaml"}, "entry 'a.tmpl' -> '/tmp/a.yaml': dest '/tmp/a.yaml' is an absolute path"),
+        ({"a.tmpl": "C:\\temp\\a.yaml"}, "dest 'C:\\\\temp\\\\a.yaml' is an absolute path"),
+        ({"../x": "x.yaml"},
+         "entry '../x' -> 'x.yaml': src '../x' has a '..' component; it must stay inside the service folder"),
+        ({"a.tmpl": "conf/../../x"}, "dest 'conf/../../x' has a '..' component"),
+        ({"a.tmpl": "conf\\..\\x"}, "has a '..' component"),
+        ({"a.tmpl": ""}, "entry 'a.tmpl' -> '': dest is empty"),
+        ({"a.tmpl": "./"}, "dest './' is the service folder itself, not a file in it"),
+        ({"a\x00b": "a.yaml"}, "src 'a\\x00b' contains a NUL character"),
+        ({"a.tmpl": "resources.yaml"},
+         "entry 'a.tmpl' -> 'resources.yaml': dest 'resources.yaml' is named like a file Podium "
+         "generates (resources.yaml or services.yaml); choose another name"),
+        ({"a.tmpl": "./services.yaml"}, "dest './services.yaml' is named like a file Podium generates"),
+        ({"a.tmpl": "conf/Resources.YAML"}, "is named like a file Podium generates"),
+        ({"a.tmpl": "a.yaml", "b.tmpl": "./a.yaml"},
+         "entry 'b.tmpl' -> './a.yaml': dest './a.yaml' is also the dest of entry 'a.tmpl'"),
+        ({"a.tmpl": "b.tmpl", "b.tmpl": "b.yaml"},
+         "entry 'a.tmpl' -> 'b.tmpl': dest 'b.tmpl' is also the src of entry 'b.tmpl'; "
+         "a copy must not overwrite what a copy reads"),
+        ({"a.yaml": "a.yaml"}, "dest 'a.yaml' is also the src of entry 'a.yaml'"),
+    ],
+)
+def test_config_templates_are_checked_at_load(templates: dict[str, str], expected: str) -> None:
+    data = base()
+    tracer(data)["services"]["publisher"]["deployment"]["config_templates"] = templates
+    (problem,) = problems_of(data)
+    assert problem.startswith(f"{TEMPLATES}: ") and expected in problem, problem
+
+
+def test_every_config_templates_problem_is_reported_at_once() -> None:
+    data = base()
+    tracer(data)["services"]["publisher"]["deployment"]["config_templates"] = {
+        "/abs": "../up", "ok.tmpl": "ok.yaml", "x.tmpl": "resources.yaml"
+    }
+    assert problems_of(data) == [
+        f"{TEMPLATES}: entry '/abs' -> '../up': src '/abs' is an absolute path; it must be relative "
+        "to the service folder; entry '/abs' -> '../up': dest '../up' has a '..' component; it must "
+        "stay inside the service folder; entry 'x.tmpl' -> 'resources.yaml': dest 'resources.yaml' "
+        "is named like a file Podium generates (resources.yaml or services.yaml); choose another name"
+    ]
+
+
+def test_plain_config_templates_load_and_round_trip() -> None:
+    data = base()
+    templates = {"tracer-config.tmpl.yaml": "tracer-config.yaml", "conf/app.ini": "conf/app.local.ini",
+                 "3": "three.txt"}
+    tracer(data)["services"]["publisher"]["deployment"]["config_templates"] = templates
+    arch = Architecture.from_dict(data)
+    deployment = arch.dataflows["tracer"].services["publisher"].deployment
+    assert deployment is not None and deployment.config_templates == templates
+    assert Architecture.from_dict(arch.to_dict()) == arch
 
 
 def test_plain_relative_service_paths_are_fine() -> None:

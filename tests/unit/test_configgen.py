@@ -1,4 +1,5 @@
-"""The ConfigGenerator: stable files, atomic writes, and only its own files removed."""
+"""The ConfigGenerator: stable files, atomic writes, only its own files removed, and
+``config_templates`` copied inside each service's folder and nowhere else."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from handlers import configgen
 from handlers.configgen import (
     MARKER_PREFIX,
+    MAX_TEMPLATE_BYTES,
     generate_configs,
     marker_line,
     plan_configs,
+    plan_templates,
     remove_stale_configs,
 )
 from machines.architecture import Architecture, load_architecture
@@ -217,3 +221,222 @@ def test_plan_configs_is_pure(arch: Architecture, tmp_path: Path) -> None:
         "director/services.yaml",
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# config_templates: plain copies inside the service folder (issue 13 point 4).
+# ---------------------------------------------------------------------------------------------
+
+TEMPLATE = b"project: {{ .ProjectID }}\nid: ${PROJECT_ID}\n\x00\xff binary is fine\n"
+
+
+def with_templates(arch: Architecture, templates: dict[str, str], service: str = "publisher") -> Architecture:
+    data = arch.to_dict()
+    data["dataflows"]["tracer"]["services"][service]["deployment"]["config_templates"] = templates
+    return Architecture.from_dict(data)
+
+
+def unvalidated(arch: Architecture, templates: dict[str, str]) -> Architecture:
+    """The publisher with ``templates`` set without validation (a model built around the loader)."""
+    flow = arch.dataflows["tracer"]
+    spec = flow.services["publisher"]
+    assert spec.deployment is not None
+    deployment = spec.deployment.model_copy(update={"config_templates": templates})
+    spec = spec.model_copy(update={"deployment": deployment})
+    flow = flow.model_copy(update={"services": {**flow.services, "publisher": spec}})
+    return arch.model_copy(update={"dataflows": {**arch.dataflows, "tracer": flow}})
+
+
+def refused(arch: Architecture, root: Path, *expected: str) -> str:
+    """generate_configs refuses, names the publisher, and writes or removes nothing."""
+    before = snapshot(root)
+    with pytest.raises(HandlerError) as info:
+        generate_configs(arch, root)
+    message = info.value.message
+    assert not info.value.retryable
+    assert message.startswith("service 'publisher': "), message
+    for part in expected:
+        assert part in message, message
+    assert snapshot(root) == before
+    return message
+
+
+def test_config_templates_are_copied_verbatim(arch: Architecture, root: Path) -> None:
+    pub = root / "publisher"
+    (pub / "tracer.tmpl.yaml").write_bytes(TEMPLATE)
+    (pub / "conf").mkdir()
+    (pub / "conf" / "app.ini").write_bytes(b"[app]\n")
+    (pub / "link.tmpl").symlink_to("conf/app.ini")  # a symlink that stays in the folder is fine
+    templates = {"tracer.tmpl.yaml": "tracer.yaml", "conf/app.ini": "./conf/app.local.ini",
+                 "link.tmpl": "linked.ini"}
+    files = generate_configs(with_templates(arch, templates), root)
+    copies = [f for f in files if f.kind == "template"]
+    assert [(f.service, f.path.relative_to(root).as_posix(), f.changed) for f in copies] == [
+        ("publisher", "publisher/tracer.yaml", True),
+        ("publisher", "publisher/conf/app.local.ini", True),
+        ("publisher", "publisher/linked.ini", True),
+    ]
+    assert [f.kind for f in files[:4]] == ["resources", "resources", "resources", "services"]
+    assert (pub / "tracer.yaml").read_bytes() == TEMPLATE  # no rendering, no marker
+    assert (pub / "conf" / "app.local.ini").read_bytes() == b"[app]\n"
+    assert not (pub / "linked.ini").is_symlink() and (pub / "linked.ini").read_bytes() == b"[app]\n"
+    for f in copies:
+        assert f.sha256 == hashlib.sha256(f.path.read_bytes()).hexdigest()
+    assert oct((pub / "tracer.yaml").stat().st_mode & 0o777) == oct(0o644)
+    assert [p for p in root.rglob("*") if p.name.startswith(".")] == []
+
+
+def test_config_templates_are_idempotent_and_never_deleted(arch: Architecture, root: Path) -> None:
+    pub = root / "publisher"
+    (pub / "a.tmpl").write_bytes(TEMPLATE)
+    templated = with_templates(arch, {"a.tmpl": "a.yaml"})
+    generate_configs(templated, root)
+    first = snapshot(root)
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    again = generate_configs(templated, root)
+    assert not any(f.changed for f in again)
+    assert snapshot(root) == first
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == mtimes
+    # a changed src is copied again; a hand-edited dest is overwritten
+    (pub / "a.tmpl").write_bytes(b"v2\n")
+    (changed,) = [f for f in generate_configs(templated, root) if f.changed]
+    assert changed.path == pub / "a.yaml" and (pub / "a.yaml").read_bytes() == b"v2\n"
+    # a copied file carries no marker: once the entry is gone, it is left alone
+    assert {f.kind for f in generate_configs(arch, root)} == {"resources", "services"}
+    assert (pub / "a.yaml").read_bytes() == b"v2\n"
+
+
+def test_a_template_can_copy_a_generated_file(arch: Architecture, root: Path) -> None:
+    """Sources are read before anything is written: a generated file is copied from its planned
+    bytes, so the first run already copies what it writes, and the second changes nothing."""
+    templated = with_templates(arch, {"resources.yaml": "resources.copy.yaml"})
+    generate_configs(templated, root)
+    pub = root / "publisher"
+    assert (pub / "resources.copy.yaml").read_bytes() == (pub / "resources.yaml").read_bytes()
+    assert not any(f.changed for f in generate_configs(templated, root))
+
+
+def test_plan_templates_writes_nothing(arch: Architecture, root: Path) -> None:
+    (root / "publisher" / "a.tmpl").write_bytes(TEMPLATE)
+    before = snapshot(root)
+    (copy,) = plan_templates(with_templates(arch, {"a.tmpl": "a.yaml"}), root)
+    assert (copy.service, copy.path, copy.kind, copy.content) == (
+        "publisher", root / "publisher" / "a.yaml", "template", TEMPLATE
+    )
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    ("templates", "expected"),
+    [
+        ({"../x": "x.yaml"}, "src '../x' has a '..' component"),
+        ({"a.tmpl": "../subscriber/a.yaml"}, "dest '../subscriber/a.yaml' has a '..' component"),
+        ({"/etc/passwd": "passwd"}, "src '/etc/passwd' is an absolute path"),
+        ({"a.tmpl": "resources.yaml"}, "dest 'resources.yaml' is named like a file Podium generates"),
+        ({"a.tmpl": "x.yaml", "b.tmpl": "./x.yaml"}, "dest './x.yaml' is also the dest of entry 'a.tmpl'"),
+    ],
+)
+def test_paths_refused_at_load_are_refused_here_too(
+    arch: Architecture, root: Path, templates: dict[str, str], expected: str
+) -> None:
+    """A model built without validation does not get past configgen either."""
+    refused(unvalidated(arch, templates), root, "deployment.config_templates: ", expected)
+
+
+def test_a_missing_src_is_refused(arch: Architecture, root: Path) -> None:
+    refused(with_templates(arch, {"missing.tmpl": "a.yaml"}), root,
+            "config_templates entry 'missing.tmpl' -> 'a.yaml': src ", "missing.tmpl does not exist")
+
+
+def test_a_src_that_is_a_folder_or_a_fifo_is_refused(arch: Architecture, root: Path) -> None:
+    (root / "publisher" / "conf").mkdir()
+    refused(with_templates(arch, {"conf": "a.yaml"}), root, "entry 'conf' -> 'a.yaml'", "is a folder")
+    os.mkfifo(root / "publisher" / "pipe")  # opened without blocking, never read
+    refused(with_templates(arch, {"pipe": "a.yaml"}), root, "entry 'pipe' -> 'a.yaml'", "is not a regular file")
+
+
+@pytest.mark.parametrize("target", ["outside", "root", "sibling"])
+def test_a_src_symlink_out_of_the_service_folder_is_refused(
+    arch: Architecture, root: Path, tmp_path_factory: pytest.TempPathFactory, target: str
+) -> None:
+    secret = {
+        "outside": tmp_path_factory.mktemp("elsewhere") / "secret",  # outside the source root
+        "root": root / "secret",  # inside the source root, outside the service folder
+        "sibling": root / "subscriber" / "secret",  # another service's folder
+    }[target]
+    secret.write_text("s3cret\n")
+    (root / "publisher" / "a.tmpl").symlink_to(secret)
+    message = refused(with_templates(arch, {"a.tmpl": "a.yaml"}), root,
+                      "entry 'a.tmpl' -> 'a.yaml': src 'a.tmpl' resolves to", "outside the service folder")
+    assert str(secret.resolve()) in message
+    assert not (root / "publisher" / "a.yaml").exists()
+
+
+def test_a_src_under_a_symlinked_folder_out_of_the_service_folder_is_refused(
+    arch: Architecture, root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "id_rsa").write_text("key\n")
+    (root / "publisher" / "keys").symlink_to(elsewhere, target_is_directory=True)
+    refused(with_templates(arch, {"keys/id_rsa": "a.yaml"}), root, "src 'keys/id_rsa' resolves to")
+
+
+def test_a_dest_symlink_out_of_the_service_folder_is_refused(
+    arch: Architecture, root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    (root / "publisher" / "a.tmpl").write_bytes(TEMPLATE)
+    victim = tmp_path_factory.mktemp("elsewhere") / "victim"
+    victim.write_text("keep me\n")
+    (root / "publisher" / "out.yaml").symlink_to(victim)
+    (root / "publisher" / "conf").symlink_to(victim.parent, target_is_directory=True)
+    for dest in ("out.yaml", "conf/new.yaml"):
+        refused(with_templates(arch, {"a.tmpl": dest}), root, f"dest {dest!r} resolves to",
+                "outside the service folder")
+    assert victim.read_text() == "keep me\n"
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["victim"]
+
+
+def test_a_dest_onto_a_generated_file_is_refused(arch: Architecture, root: Path) -> None:
+    (root / "publisher" / "a.tmpl").write_bytes(TEMPLATE)
+    (root / "publisher" / "alias.yaml").symlink_to("resources.yaml")
+    refused(with_templates(arch, {"a.tmpl": "alias.yaml"}), root,
+            "entry 'a.tmpl' -> 'alias.yaml': dest resolves to", "a file Podium generates")
+
+
+def test_a_dest_that_is_a_folder_or_in_a_missing_folder_is_refused(arch: Architecture, root: Path) -> None:
+    (root / "publisher" / "a.tmpl").write_bytes(TEMPLATE)
+    (root / "publisher" / "conf").mkdir()
+    refused(with_templates(arch, {"a.tmpl": "conf"}), root, "entry 'a.tmpl' -> 'conf'", "is a folder")
+    refused(with_templates(arch, {"a.tmpl": "nope/a.yaml"}), root, "nope does not exist")
+
+
+def test_an_oversized_src_is_refused(arch: Architecture, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pub = root / "publisher"
+    (pub / "big.tmpl").write_bytes(b"x" * (MAX_TEMPLATE_BYTES + 1))
+    refused(with_templates(arch, {"big.tmpl": "big.yaml"}), root,
+            "entry 'big.tmpl' -> 'big.yaml'", f"larger than {MAX_TEMPLATE_BYTES} bytes")
+    (pub / "big.tmpl").write_bytes(b"x" * MAX_TEMPLATE_BYTES)  # exactly the cap is fine
+    generate_configs(with_templates(arch, {"big.tmpl": "big.yaml"}), root)
+    assert (pub / "big.yaml").stat().st_size == MAX_TEMPLATE_BYTES
+    # many copies of one file are bounded together
+    monkeypatch.setattr(configgen, "MAX_TEMPLATES_TOTAL_BYTES", 3 * MAX_TEMPLATE_BYTES)
+    many = {"big.tmpl": "big.yaml", **{f"l{i}.tmpl": f"c{i}.yaml" for i in range(4)}}
+    for i in range(4):
+        (pub / f"l{i}.tmpl").symlink_to("big.tmpl")
+    refused(with_templates(arch, many), root, "entry 'l2.tmpl' -> 'c2.yaml'", "more than")
+
+
+def test_services_sharing_a_folder_may_not_write_one_dest_from_two_srcs(arch: Architecture, root: Path) -> None:
+    data = arch.to_dict()
+    services = data["dataflows"]["tracer"]["services"]
+    services["subscriber"]["deployment"]["buildable_module_path"] = "publisher/sub"
+    services["publisher"]["deployment"]["config_templates"] = {"a.tmpl": "sub/x.yaml"}
+    services["subscriber"]["deployment"]["config_templates"] = {"b.tmpl": "x.yaml"}
+    (root / "publisher" / "sub").mkdir()
+    (root / "publisher" / "a.tmpl").write_text("a\n")
+    (root / "publisher" / "sub" / "b.tmpl").write_text("b\n")
+    with pytest.raises(HandlerError) as info:
+        generate_configs(Architecture.from_dict(data), root)
+    assert info.value.message.startswith("service 'subscriber': config_templates entry 'b.tmpl' -> 'x.yaml': ")
+    assert "also written by service 'publisher''s entry 'a.tmpl' from another src" in info.value.message
+    assert list(root.rglob("*.yaml")) == []

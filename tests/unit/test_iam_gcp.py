@@ -104,7 +104,7 @@ class Clients:
         )
 
     def policy_clients(self) -> list[Any]:
-        return [self.projects, self.publisher, self.subscriber, self.run, self.secrets]
+        return [self.projects, self.publisher, self.subscriber, self.run, self.secrets, self.iam]
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ class World:
     def granted(self, b: IamBinding) -> bool:
         stores = {"project": self.iam.project_policies, "pubsub_topic": self.pubsub.policies,
                   "pubsub_subscription": self.pubsub.policies, "cloudrun_service": self.run.policies,
-                  "secret": self.secrets}
+                  "secret": self.secrets, "service_account": self.iam.account_policies}
         return binding_granted(b, PROJECT, stores, self.storage, self.bigquery)
 
 
@@ -117,7 +117,8 @@ def test_every_binding_of_the_rich_plan_lands_on_its_resource(world: World, tmp_
     missing = [b for b in plan.bindings if not world.granted(b)]
     assert not missing, [f"{b.role} {b.member} {b.resource_type}:{b.resource_id}" for b in missing]
     kinds = {b.resource_type for b in plan.bindings}
-    assert {"secret", "gcs_bucket", "bigquery_table", "cloudrun_service", "pubsub_topic", "project"} <= kinds
+    assert {"secret", "gcs_bucket", "bigquery_table", "cloudrun_service", "pubsub_topic", "project",
+            "service_account"} <= kinds  # the last: the director acts as each scheduler job's account
     invokers = world.run.bindings(f"projects/{PROJECT}/locations/europe-west4/services/reader")["roles/run.invoker"]
     assert f"serviceAccount:nightly-sa@{PROJECT}.iam.gserviceaccount.com" in invokers  # the scheduler job
     assert f"serviceAccount:writer-account@{PROJECT}.iam.gserviceaccount.com" in invokers  # a dependant

@@ -1475,6 +1475,13 @@ def test_the_resources_the_director_reports_are_recorded_once_each() -> None:
     assert d.run.outputs["resources"] == [infra, sub, topic]  # merged, the repeated topic once
     assert "resources" not in run.outputs  # the input snapshot is untouched
 
+    # A teardown's reply moves what it removed from ``resources`` to ``removed_resources``.
+    torn = apply(run_to_end(d.run), ev("command.teardown")).run
+    torn = apply(torn, ev("undeploy.succeeded", "publisher")).run
+    torn = apply(torn, ev("undeploy.succeeded", "subscriber")).run
+    d = apply(torn, ev("director.dataflow_complete", "tracer", instruction="teardown", removed=[topic, "junk"]))
+    assert d.run.outputs["resources"] == [infra, sub] and d.run.outputs["removed_resources"] == [topic]
+
 
 # ---- teardown ------------------------------------------------------------------------------------
 
@@ -1492,8 +1499,12 @@ def test_teardown_removes_services_then_dataflows_then_the_director_then_account
     assert d.to_state == "removing_dataflows"
     [teardown] = d.effects  # only the ephemeral dataflow, never the director's own infrastructure
     assert (teardown.kind, teardown.item, teardown.params["instruction"]) == ("director.command", "tracer", "teardown")
-    d = apply(d.run, ev("director.dataflow_complete", "tracer", command_id=teardown.params["command_id"]))
+    resources = d.run.outputs.get("resources", [])
+    bucket = {"kind": "gcs_bucket", "name": "raw", "dataflow": "tracer", "location": "EU"}
+    d = apply(d.run, ev("director.dataflow_complete", "tracer", command_id=teardown.params["command_id"],
+                        instruction="teardown", removed=[bucket]))
     assert d.to_state == "removing_director" and [e.effect_id for e in d.effects] == ["undeploy:director:a0"]
+    assert d.run.outputs["removed_resources"] == [bucket] and d.run.outputs["resources"] == resources
     d = apply(d.run, ev("undeploy.succeeded", "director"))
     assert d.to_state == "removing_accounts" and [e.kind for e in d.effects] == ["iam.remove"]
     d = apply(d.run, ev("iam.accounts_removed", "accounts", removed=["publisher-sa@p.iam"]))
@@ -1509,6 +1520,17 @@ def test_teardown_of_a_run_that_failed_early_skips_what_never_existed() -> None:
     # no service, no dataflow, no director was ever deployed: straight to the accounts
     assert d.to_state == "removing_accounts" and [e.kind for e in d.effects] == ["iam.remove"]
     assert d.run.error is None and d.run.failed_state is None
+
+
+def test_teardown_of_a_run_whose_dataflow_setup_failed_still_removes_that_dataflow() -> None:
+    # The director may have created half of tracer's resources before it failed: tear it down too.
+    at = run_at("provisioning_dataflows", {**PLAN, "ephemeral_dataflows": ["tracer"]})
+    failed = apply(at, ev("director.failed", "tracer", error="gcs_bucket raw: quota")).run
+    assert failed.status == "failed"
+    d = apply(failed, ev("command.teardown"))  # no service but the director was deployed
+    teardowns = [e for e in d.effects if e.kind == "director.command"]
+    assert d.to_state == "removing_dataflows" and [e.params["dataflow"] for e in teardowns] == ["tracer"]
+    assert teardowns[0].params["instruction"] == "teardown"
 
 
 def test_a_failed_teardown_is_redriven_from_where_it_stopped() -> None:

@@ -1,4 +1,15 @@
-"""ServiceDirector: creates and deletes a dataflow's Pub/Sub resources on command.
+"""ServiceDirector: creates and deletes a dataflow's resources on command.
+
+``dataflow-setup`` creates the dataflow's Pub/Sub topics and subscriptions, GCS buckets, BigQuery
+datasets and tables, Firestore databases and collections (one module per family beside this file:
+pubsub_resources, storage_buckets, bigquery_tables, firestore_stores); ``dependent-resource-setup``
+creates its Cloud Scheduler jobs once the services they call have URLs (scheduler_jobs);
+``teardown`` deletes what the payload lists, in the reverse order (jobs first, topics last). Each
+reply lists what exists as ``resources`` (``{kind, name, dataflow, location}``); a failure names the
+resource. Every step is get-or-create or delete-if-present, so a redelivered command changes
+nothing. The same code runs on Google Cloud and locally, where the clients find the emulators
+(``PUBSUB_``, ``FIRESTORE_``, ``STORAGE_EMULATOR_HOST``), BigQuery is SQLite files under
+``PODIUM_LOCAL_BIGQUERY_DIR`` and scheduler jobs run in this process.
 
 Start-up: reads ``command-subscription-id`` and ``completion-topic-id`` from the ``resources.yaml``
 written beside this file (the command topic is that subscription's ``topic``), creates the command
@@ -23,14 +34,20 @@ import os
 import signal
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import bigquery_tables
 import google.cloud.pubsub_v1 as pubsub_v1  # no py.typed: imported as a module, mypy reads it as Any
 import yaml
+from firestore_stores import Collections, Databases
 from google.api_core import exceptions
+from pubsub_resources import Subscriptions, Topics
+from resource_kinds import CommandError, Kind, Spec, entry
+from scheduler_jobs import LocalScheduler, scheduler_for
+from storage_buckets import Buckets
 
 HERE = Path(__file__).resolve().parent
 RESOURCES_FILE = HERE / "resources.yaml"
@@ -73,16 +90,21 @@ def load_lookups(path: Path = RESOURCES_FILE) -> dict[str, str]:
     return lookups
 
 
-class CommandError(Exception):
-    """A command that cannot be carried out as given; it is answered with director.failed."""
-
-
 class Director:
-    def __init__(self, project: str) -> None:
-        self.project = project
+    def __init__(self, project: str, region: str = "", local: bool | None = None) -> None:
+        self.project, self.region = project, region
         options = pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
         self.publisher = pubsub_v1.PublisherClient(publisher_options=options)
         self.subscriber = pubsub_v1.SubscriberClient()
+        self.local = bool(os.environ.get("FIRESTORE_EMULATOR_HOST")) if local is None else local
+        self.topics = Topics(project, self.publisher)
+        datasets, tables = bigquery_tables.kinds(project, region)
+        # In creation order: a subscription needs its topic, a table its dataset, a collection its database.
+        self.setup_kinds: Sequence[Kind] = (
+            self.topics, Subscriptions(self.topics, self.subscriber), Buckets(project, region),
+            datasets, tables, Databases(project, region), Collections(project, region),
+        )
+        self.scheduler = scheduler_for(project, region, self.local)
         self.service_urls: dict[str, dict[str, str]] = {}  # dataflow -> {service: url}
         self._answered: OrderedDict[str, dict[str, Any]] = OrderedDict()  # command_id -> reply
         self._lock = threading.Lock()
@@ -95,57 +117,60 @@ class Director:
 
     # -- resources (idempotent) ------------------------------------------------------------
 
-    def topic_path(self, name: str) -> str:
-        return (
-            name if name.startswith("projects/") else self.publisher.topic_path(self.project, name)
-        )
-
-    def subscription_path(self, name: str) -> str:
-        if name.startswith("projects/"):
-            return name
-        return self.subscriber.subscription_path(self.project, name)
-
     def ensure_topic(self, name: str) -> bool:
         """Create the topic; False if it already existed."""
-        try:
-            self.publisher.create_topic(name=self.topic_path(name))
-        except exceptions.AlreadyExists:
-            return False
-        log.info("created topic %s", name)
-        return True
+        return self.topics.ensure({"name": name})
 
     def ensure_subscription(self, name: str, topic: str, ack_deadline: int | None = None) -> bool:
         """Create the subscription on ``topic``; False if it already existed."""
-        request: dict[str, Any] = {
-            "name": self.subscription_path(name),
-            "topic": self.topic_path(topic),
-        }
-        if ack_deadline:
-            request["ack_deadline_seconds"] = int(ack_deadline)
-        try:
-            self.subscriber.create_subscription(request=request)
-        except exceptions.AlreadyExists:
-            return False
-        except exceptions.NotFound as exc:
-            raise CommandError(f"subscription {name}: its topic {topic} does not exist") from exc
-        log.info("created subscription %s on %s", name, topic)
-        return True
+        spec: Spec = {"name": name, "topic": topic, "ack_deadline_seconds": ack_deadline}
+        return Subscriptions(self.topics, self.subscriber).ensure(spec)
 
-    def delete_topic(self, name: str) -> bool:
-        try:
-            self.publisher.delete_topic(topic=self.topic_path(name))
-        except exceptions.NotFound:
-            return False
-        log.info("deleted topic %s", name)
-        return True
+    def subscription_path(self, name: str) -> str:
+        return Subscriptions(self.topics, self.subscriber).path(name)
 
-    def delete_subscription(self, name: str) -> bool:
-        try:
-            self.subscriber.delete_subscription(subscription=self.subscription_path(name))
-        except exceptions.NotFound:
-            return False
-        log.info("deleted subscription %s", name)
-        return True
+    def topic_path(self, name: str) -> str:
+        return self.topics.path(name)
+
+    def apply(self, kinds: Sequence[Kind], command: dict[str, Any], *, remove: bool = False) -> dict[str, Any]:
+        """Ensure (or delete) each resource of ``kinds`` the payload lists, in order; the reply data."""
+        resources = payload_resources(command)
+        self.use_region(str(command["payload"].get("region") or ""))
+        dataflow = str(command.get("dataflow"))
+        done: list[str] = []
+        untouched: list[str] = []
+        entries: list[dict[str, str]] = []
+        for kind in kinds:
+            for spec in resources.get(kind.section) or []:
+                spec = self.with_target(kind, spec, dataflow) if not remove else spec
+                name = kind.name(spec)
+                try:
+                    changed = kind.delete(spec) if remove else kind.ensure(spec)
+                except TRANSIENT:
+                    raise
+                except Exception as exc:  # the reply names the resource that failed
+                    raise CommandError(f"{kind.kind} {name}: {exc}") from exc
+                (done if changed else untouched).append(name)
+                entries.append(entry(kind, spec, dataflow))
+        if remove:
+            return {"instruction": "teardown", "deleted": done, "missing": untouched, "removed": entries}
+        return {"created": done, "existed": untouched, "resources": entries}
+
+    def use_region(self, region: str) -> None:
+        """The architecture's region (sent with each command): where resources go by default."""
+        if region and region != self.region:
+            self.region = region
+            for kind in (*self.setup_kinds, self.scheduler):
+                if hasattr(kind, "region"):
+                    kind.region = region
+
+    def with_target(self, kind: Kind, spec: Spec, dataflow: str) -> Spec:
+        """A scheduler job's spec with its target service's URL (from dependent-resource-setup)."""
+        if kind.section != "cloud_scheduler_jobs":
+            return spec
+        with self._lock:
+            urls = self.service_urls.get(dataflow, {})
+        return {**spec, "uri": urls.get(str(spec.get("target_service")), "")}
 
     # -- instructions: each returns (event type, data) ------------------------------------
 
@@ -153,48 +178,20 @@ class Director:
         return "director.ready", {}
 
     def dataflow_setup(self, command: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        topics, subscriptions, ignored = dataflow_resources(command)
-        created: list[str] = []
-        existed: list[str] = []
-        for topic in topics:  # topics first: subscriptions need them
-            (created if self.ensure_topic(topic["name"]) else existed).append(topic["name"])
-        for sub in subscriptions:
-            made = self.ensure_subscription(
-                sub["name"], sub["topic"], sub.get("ack_deadline_seconds")
-            )
-            (created if made else existed).append(sub["name"])
-        dataflow = str(command.get("dataflow"))
-        # What now exists for the dataflow, in the shape the daemon records (outputs.resources).
-        resources = [{"kind": "pubsub_topic", "name": t["name"], "dataflow": dataflow, "location": "global"}
-                     for t in topics]
-        resources += [{"kind": "pubsub_subscription", "name": s["name"], "dataflow": dataflow,
-                       "location": "global"} for s in subscriptions]
-        data: dict[str, Any] = {"created": created, "existed": existed, "resources": resources}
-        if ignored:
-            data["ignored"] = ignored
-        return "director.dataflow_complete", data
+        return "director.dataflow_complete", self.apply(self.setup_kinds, command)
 
     def dependent_setup(self, command: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        # Locally there are no Cloud Scheduler jobs to point at the services: remember the URLs.
         urls = command["payload"].get("service_urls") or {}
         if not isinstance(urls, dict):
             raise CommandError("payload.service_urls must be a map of service name to URL")
         with self._lock:
-            self.service_urls[str(command.get("dataflow"))] = {
-                str(k): str(v) for k, v in urls.items()
-            }
-        return "director.dependent_complete", {"services": sorted(urls)}
+            self.service_urls[str(command.get("dataflow"))] = {str(k): str(v) for k, v in urls.items()}
+        data = self.apply((self.scheduler,), command)
+        return "director.dependent_complete", {"services": sorted(urls), **data}
 
     def teardown(self, command: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        topics, subscriptions, _ = dataflow_resources(command)
-        deleted: list[str] = []
-        missing: list[str] = []
-        for sub in subscriptions:  # subscriptions first, then their topics
-            (deleted if self.delete_subscription(sub["name"]) else missing).append(sub["name"])
-        for topic in topics:
-            (deleted if self.delete_topic(topic["name"]) else missing).append(topic["name"])
-        data = {"instruction": "teardown", "deleted": deleted, "missing": missing}
-        return "director.dataflow_complete", data
+        kinds = (self.scheduler, *reversed(self.setup_kinds))  # jobs first, topics last
+        return "director.dataflow_complete", self.apply(kinds, command, remove=True)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -287,43 +284,49 @@ class Director:
             raise
 
 
-def dataflow_resources(command: dict[str, Any]) -> tuple[list[dict], list[dict], list[str]]:
-    """(topics, subscriptions, other kinds present) from ``payload.resources``."""
+REQUIRED_FIELDS = {
+    "topics": ("name",), "subscriptions": ("name", "topic"), "gcs_buckets": ("name",),
+    "bigquery_datasets": ("name",), "bigquery_tables": ("name", "dataset"),
+    "firestore_databases": ("name",), "firestore_collections": ("name",),
+    "cloud_scheduler_jobs": ("name", "schedule", "target_service"),
+}
+
+
+def payload_resources(command: dict[str, Any]) -> dict[str, list[Spec]]:
+    """``payload.resources`` checked: a map of known sections, each a list of entries with their
+    required string fields."""
     resources = command["payload"].get("resources") or {}
     if not isinstance(resources, dict):
         raise CommandError("payload.resources must be a map like the architecture's resources")
-    topics = resources.get("topics") or []
-    subscriptions = resources.get("subscriptions") or []
-    for kind, items, fields in (
-        ("topics", topics, ("name",)),
-        ("subscriptions", subscriptions, ("name", "topic")),
-    ):
+    unknown = sorted(set(resources) - set(REQUIRED_FIELDS))
+    if unknown:
+        raise CommandError(f"payload.resources has unknown kinds {unknown}; expected {sorted(REQUIRED_FIELDS)}")
+    for kind, fields in REQUIRED_FIELDS.items():
+        items = resources.get(kind) or []
+        if not isinstance(items, list):
+            raise CommandError(f"payload.resources.{kind} must be a list")
         for item in items:
-            if not (
-                isinstance(item, dict)
-                and all(isinstance(item.get(f), str) and item[f] for f in fields)
-            ):
-                raise CommandError(
-                    f"each of payload.resources.{kind} needs {' and '.join(fields)}: {item!r}"
-                )
-    ignored = sorted(k for k, v in resources.items() if v and k not in ("topics", "subscriptions"))
-    if ignored:
-        log.warning("the local director only manages Pub/Sub; ignoring %s", ignored)
-    return topics, subscriptions, ignored
+            if not (isinstance(item, dict) and all(isinstance(item.get(f), str) and item[f] for f in fields)):
+                raise CommandError(f"each of payload.resources.{kind} needs {' and '.join(fields)}: {item!r}")
+    return resources
 
 
-def serve_http(
-    port: int, routes: dict[str, Callable[[], tuple[int, dict[str, Any]]]]
-) -> ThreadingHTTPServer:
-    """Answer ``GET <path>`` with the JSON its route returns, on a daemon thread."""
+Route = Callable[[str], tuple[int, dict[str, Any]]]  # the path -> (HTTP status, JSON body)
+
+
+def serve_http(get: dict[str, Route], post: dict[str, Route] | None = None) -> ThreadingHTTPServer:
+    """Answer ``GET``/``POST`` on the routes (matched by path prefix) with JSON, on a daemon
+    thread, on ``HOST`` (loopback locally) and ``PORT``."""
+    posts = post or {}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            route = routes.get(self.path.split("?")[0])
+        def answer(self, routes: dict[str, Route]) -> None:
+            path = self.path.split("?")[0]
+            route = next((r for prefix, r in routes.items() if path == prefix or path.startswith(prefix + "/")), None)
             if route is None:
                 self.send_error(404)
                 return
-            status, payload = route()
+            status, payload = route(path)
             body = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -331,12 +334,38 @@ def serve_http(
             self.end_headers()
             self.wfile.write(body)
 
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.answer(get)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.answer(posts)
+
         def log_message(self, format: str, *args: Any) -> None:  # keep health probes quiet
             pass
 
+    port = int(os.environ.get("PORT", "8080"))
     server = ThreadingHTTPServer((os.environ.get("HOST", "0.0.0.0"), port), Handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+def scheduler_routes(scheduler: LocalScheduler) -> tuple[dict[str, Route], dict[str, Route]]:
+    """``GET /jobs`` lists the local jobs; ``POST /jobs/<name>:run`` fires one now (RunJob)."""
+
+    def jobs(_path: str) -> tuple[int, dict[str, Any]]:
+        return 200, {"jobs": {name: {k: v for k, v in job.items() if k != "last_attempt_time"}
+                              for name, job in scheduler.jobs().items()}}
+
+    def run(path: str) -> tuple[int, dict[str, Any]]:
+        name = path.removeprefix("/jobs/").removesuffix(":run")
+        if not path.endswith(":run") or "/" in name:
+            return 404, {"error": "POST /jobs/<name>:run"}
+        try:
+            return 200, {"job": name, "status": scheduler.run_now(name)}
+        except KeyError:
+            return 404, {"error": f"no scheduler job {name}"}
+
+    return {"/jobs": jobs}, {"/jobs": run}
 
 
 def read_startup_config() -> tuple[str, str, str, int]:
@@ -372,11 +401,18 @@ def main() -> None:
         signal.signal(sig, lambda *_: stop.set())
     service = os.environ.get("SERVICE_NAME", "director")
 
-    def health() -> tuple[int, dict[str, Any]]:
+    def health(_path: str) -> tuple[int, dict[str, Any]]:
         status = {"service": service, "ready": ready.is_set(), "commands": command_subscription}
         return (200 if ready.is_set() else 503), status
 
-    server = serve_http(int(os.environ.get("PORT", "8080")), {"/healthz": health})
+    get: dict[str, Route] = {"/healthz": health}
+    post: dict[str, Route] = {}
+    if isinstance(director.scheduler, LocalScheduler):  # jobs run here: serve them, fire them
+        jobs, run = scheduler_routes(director.scheduler)
+        get, post = {**get, **jobs}, run
+        threading.Thread(target=director.scheduler.run_forever, args=(stop,), name="scheduler",
+                         daemon=True).start()
+    server = serve_http(get, post)
     while not stop.is_set():
         try:
             director.ensure_topic(command_topic)
