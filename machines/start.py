@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from machines.architecture import Architecture, load_architecture
+from machines.architecture.cloud_resources import RESOURCE_KINDS, reported_name
 from machines.errors import InvalidArchitecture
 from machines.hydration import all_services, hydrate
 from machines.messages import StartCommand
@@ -100,10 +101,11 @@ def _kept_by_teardown(hydrated: Architecture, infra: str) -> list[dict[str, str]
                    else "permanent dataflow")
             kept.append({"kind": "dataflow", "name": name, "dataflow": name, "why": why})
             continue
-        for kind in type(flow.resources).model_fields:
-            for resource in getattr(flow.resources, kind):
+        for section, kind in RESOURCE_KINDS.items():
+            for resource in getattr(flow.resources, section):
                 if resource.teardown_protection:
-                    kept.append({"kind": kind, "name": resource.name, "dataflow": name, "why": "teardown_protection"})
+                    kept.append({"kind": kind, "name": reported_name(resource), "dataflow": name,
+                                 "why": "teardown_protection"})
     return kept
 
 

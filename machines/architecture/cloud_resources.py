@@ -50,11 +50,13 @@ __all__ = [
     "LifecycleRule",
     "Lookup",
     "LookupMethod",
+    "RESOURCE_KINDS",
     "ResourceIO",
     "RetryPolicy",
     "ServiceMapping",
     "Subscription",
     "TableField",
+    "reported_name",
     "Topic",
 ]
 
@@ -223,6 +225,29 @@ class CloudSchedulerJob(CloudResource):
     target_service: Text = ""
     service_account: ServiceAccount | None = None
     message_body: Text = ""
+
+
+# The contract's name for each kind (``outputs.resources[].kind``), by the section that lists it.
+RESOURCE_KINDS: dict[str, str] = {
+    "topics": "pubsub_topic",
+    "subscriptions": "pubsub_subscription",
+    "bigquery_datasets": "bigquery_dataset",
+    "bigquery_tables": "bigquery_table",
+    "gcs_buckets": "gcs_bucket",
+    "firestore_databases": "firestore_database",
+    "firestore_collections": "firestore_collection",
+    "cloud_scheduler_jobs": "cloud_scheduler_job",
+}
+
+
+def reported_name(resource: CloudResource) -> str:
+    """A resource's name as ``outputs.resources`` writes it: ``dataset.table`` for a table,
+    ``database/collection`` for a collection, its name otherwise."""
+    if isinstance(resource, BigQueryTable):
+        return f"{resource.dataset}.{resource.name}"
+    if isinstance(resource, FirestoreCollection):
+        return f"{resource.database or '(default)'}/{resource.name}"
+    return resource.name
 
 
 class CloudResourcesSpec(Model):

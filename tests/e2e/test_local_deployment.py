@@ -12,15 +12,13 @@ from google.cloud import pubsub_v1
 
 from cli.up import verify_dataflow
 from daemon.config import Settings
-from daemon.pubsub import ensure_daemon_plumbing
-from handlers.deploy.local import list_processes, stop_all
+from handlers.deploy.local import list_processes
+from tests.e2e.conftest import start_local
 from tests.integration.conftest import (
     assert_consistent,
     audit,
-    make_settings,
     publish,
     run_doc,
-    start_body,
     wait_for,
     wait_status,
 )
@@ -28,26 +26,8 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def local_settings(emulators, firestore_reset, project, unique, workspace: Path, tmp_path: Path):
-    s = make_settings(
-        project,
-        unique,
-        backend="local",
-        source_root=workspace,
-        state_dir=tmp_path / "state",
-        local_iam_delay_seconds=0.5,
-        preflight_timeout_seconds=60.0,
-    )
-    ensure_daemon_plumbing(s)
-    yield s
-    stop_all(s)
-
-
 def _start(settings: Settings, run_id: str, workspace: Path) -> None:
-    body = start_body(run_id, (workspace / "architecture.yaml").read_text())
-    body["source_root"] = str(workspace)
-    publish(settings, body)
+    start_local(settings, run_id, workspace)
 
 
 def _one_live_process_per_service(settings: Settings) -> None:

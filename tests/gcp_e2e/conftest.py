@@ -3,7 +3,8 @@
 Pub/Sub and Firestore are Google's emulators; IAM, Resource Manager, Cloud Run, Cloud Build and
 Artifact Registry are the loopback fakes of ``tests/fakes`` (the real client libraries talk to
 them through ``PODIUM_GCP_ENDPOINTS``); GCS is gcp-storage-emulator. The ServiceDirector runs as
-a local process standing in for its Cloud Run service, on the real command topic.
+a local process standing in for its Cloud Run service, on the real command topic; it creates the
+architecture's buckets in the GCS fake.
 """
 
 from __future__ import annotations
@@ -166,8 +167,11 @@ def gcp_daemon(
 
 
 @pytest.fixture
-def director(workspace: Path, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The testdata ServiceDirector as its Cloud Run service would run it, as a local process."""
+def director(workspace: Path, tmp_path: Path, gcp_world: GcpWorld) -> Iterator[subprocess.Popen[bytes]]:
+    """The testdata ServiceDirector as its Cloud Run service would run it, as a local process:
+    its buckets go to the GCS fake the IAM assertions read; its BigQuery datasets and tables to
+    SQLite files (its google-cloud-bigquery, Firestore Admin and Cloud Scheduler paths are tested
+    against their fakes in tests/unit/test_director_gcp.py)."""
     arch = hydrate(load_architecture((workspace / "architecture.yaml").read_text()))
     generate_configs(arch, workspace)  # what the daemon's configgen writes into its copy
     dataflow, spec = all_services(arch)["director"]
@@ -178,8 +182,10 @@ def director(workspace: Path, tmp_path: Path) -> Iterator[subprocess.Popen[bytes
             "PORT": "0",
             "HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
+            "PODIUM_LOCAL_BIGQUERY_DIR": str(tmp_path / "director-bigquery"),
         }
     )
+    env["STORAGE_EMULATOR_HOST"] = gcp_world.storage.endpoint
     log = (tmp_path / "director.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "main.py"], cwd=workspace / "director", env=env, stdout=log, stderr=log,

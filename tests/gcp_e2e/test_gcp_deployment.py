@@ -42,8 +42,8 @@ def _deploy(settings: Settings, db: Any, workspace: Path, run_id: str, timeout: 
 
 def _with_every_kind_of_binding(world: GcpWorld, workspace: Path) -> None:
     """testdata plus a bucket, a BigQuery table, a secret and a scheduler job, so the plan has
-    every kind of binding; the bucket and the table are made here, standing in for the director
-    (which creates Pub/Sub resources only until issue 13)."""
+    every kind of binding. The director creates the bucket in the GCS fake; the table is made here
+    in the BigQuery fake, where the IAM assertions read it (the director keeps its own in SQLite)."""
     path = workspace / "architecture.yaml"
     doc = yaml.safe_load(path.read_text())
     tracer = doc["dataflows"]["tracer"]
@@ -57,7 +57,6 @@ def _with_every_kind_of_binding(world: GcpWorld, workspace: Path) -> None:
     tracer["services"]["subscriber"]["deployment"]["secret_environment_vars"] = [
         {"name": "API_KEY", "value_from": "api-key"}]
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    world.storage.client(ARCH_PROJECT).create_bucket("podium-e2e-archive")
     bq = world.bigquery.client(ARCH_PROJECT)
     bq.create_dataset(f"{ARCH_PROJECT}.tracer_data")
     bq.create_table(bigquery.Table(f"{ARCH_PROJECT}.tracer_data.ticks"))
@@ -81,9 +80,14 @@ def _assert_everything_as_planned(world: GcpWorld, workspace: Path, doc: dict[st
     accounts = world.iam.accounts(ARCH_PROJECT)
     assert sorted(accounts) == sorted({a.email for a in plan.service_accounts})
     deployer = f"serviceAccount:{daemon_account(TEST_PROJECT)}"
-    for email in accounts:  # the daemon may act as each account it created, granted per account
+    # The daemon may act as each account it created, granted per account; the director as the
+    # scheduler job's (it creates the job that calls with its token), and nothing else.
+    acting = [b for b in plan.bindings if b.resource_type == "service_account"]
+    assert {(b.member_sa.split("@")[0], b.resource_id.split("@")[0]) for b in acting} <= {("director-sa", "nightly-sa")}
+    for email in accounts:
         policy = world.iam.account_policies.bindings(f"projects/{ARCH_PROJECT}/serviceAccounts/{email}")
-        assert policy.get("roles/iam.serviceAccountUser") == {deployer}, email
+        expected = {deployer} | {f"serviceAccount:{b.member_sa}" for b in acting if b.resource_id == email}
+        assert policy.get("roles/iam.serviceAccountUser") == expected, email
     missing = [f"{b.role} for {b.member} on {b.resource_type} {b.resource_id}" for b in plan.bindings
                if not world.granted(b)]
     assert not missing, missing

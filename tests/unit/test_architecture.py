@@ -1061,10 +1061,13 @@ def test_the_plan_says_what_a_teardown_keeps() -> None:
 
     doc = yaml.safe_load(rich_yaml())
     doc["dataflows"]["ingest"]["resources"]["gcs_buckets"][0]["teardown_protection"] = True
+    doc["dataflows"]["ingest"]["resources"]["bigquery_tables"][0]["teardown_protection"] = True
     plan = plan_of(hydrate(load_architecture(yaml.safe_dump(doc))))
     assert plan["ephemeral_dataflows"] == ["ingest"]
+    # Named as outputs.resources names them, so a reader can match the two lists.
     assert [(k["kind"], k["name"], k["why"]) for k in plan["kept"]] == [
-        ("gcs_buckets", "rich-archive", "teardown_protection"),
+        ("bigquery_table", "warehouse.facts", "teardown_protection"),
+        ("gcs_bucket", "rich-archive", "teardown_protection"),
         ("dataflow", "report", "permanent dataflow"),
         ("dataflow", "sd-infra", "the director's own infrastructure"),
     ]

@@ -1,4 +1,4 @@
-"""Recorder: the service a Cloud Scheduler job calls. Each ``POST /tick`` is written to every
+"""Recorder: the service a Cloud Scheduler job calls (at its URL). Each ``POST /`` is written to every
 store of its dataflow: a document in its Firestore collection, an object in its bucket and a row
 in its BigQuery table (locally the SQLite file of the dataset, under ``PODIUM_LOCAL_BIGQUERY_DIR``).
 ``GET /ticks`` answers ``{"received": N, "last_job": <X-CloudScheduler-JobName>}``.
@@ -86,8 +86,8 @@ def serve(recorder: Recorder, host: str, port: int) -> ThreadingHTTPServer:
 
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length") or 0)
-            if self.path != "/tick" or not 0 <= length <= MAX_BODY_BYTES:
-                self.send_error(404 if self.path != "/tick" else 413)
+            if self.path != "/" or not 0 <= length <= MAX_BODY_BYTES:
+                self.send_error(404 if self.path != "/" else 413)
                 return
             try:
                 tick = recorder.record(self.rfile.read(length), self.headers.get("X-CloudScheduler-JobName", ""))
