@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 from google.api_core.exceptions import NotFound
-from google.cloud import firestore, pubsub_v1
-from google.cloud import storage  # type: ignore[attr-defined,unused-ignore]
+from google.cloud import (
+    firestore,
+    pubsub_v1,
+    storage,  # type: ignore[attr-defined,unused-ignore]
+)
 
 from handlers.deploy.local import list_processes
 from tests.e2e.conftest import start_local
