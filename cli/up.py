@@ -119,10 +119,14 @@ def up(
             console.print(f"[red]run {doc.get('status')} in phase {err.get('state')}: {err.get('reason')}[/]")
             console.print(str(err.get("message", ""))[:3000])
             return EXIT_FAILED
-        ok, detail = verify_dataflow(doc)
-        console.print(("[green]✓ " if ok else "[red]✗ ") + detail + "[/]")
-        if not ok:
-            return EXIT_FAILED
+        urls = (doc.get("outputs") or {}).get("urls") or {}
+        if "subscriber" in urls:  # the example's end-to-end proof; another architecture has its own
+            ok, detail = verify_dataflow(doc)
+            console.print(("[green]✓ " if ok else "[red]✗ ") + detail + "[/]")
+            if not ok:
+                return EXIT_FAILED
+        for resource in (doc.get("outputs") or {}).get("resources") or []:
+            console.print(f"  {resource['kind']:<22} {resource['name']}  ({resource['dataflow']}, {resource['location']})")
         console.print(f"[green]run {run_id} succeeded[/]")
         if keep:
             console.print("services keep running; Ctrl-C stops everything")

@@ -14,7 +14,7 @@
 3. A new process is ``sys.executable main.py`` in that folder, in its own session (so it survives
    the daemon being killed with SIGKILL), output appended to ``<state_dir>/logs/<service>.log``,
    with ``PORT`` (a free loopback port), ``HOST=127.0.0.1``, ``PROJECT_ID``, ``SERVICE_NAME``,
-   ``DATAFLOW_NAME``, ``PODIUM_LOCAL_BIGQUERY_DIR`` (``<state_dir>/bigquery``: local BigQuery
+   ``DATAFLOW_NAME``, ``LOCAL_BIGQUERY_DIR`` (``<state_dir>/bigquery``: local BigQuery
    datasets as SQLite files), the deployment's ``environment_vars`` and its own resolved secrets, on top
    of a minimal environment (``handlers.secrets.child_env``: PATH, HOME, locale, TMPDIR, the
    emulator switches). Nothing else of the daemon's environment reaches it.
@@ -91,7 +91,7 @@ HEALTH_GRACE_SECONDS = 30.0
 RECHECK_SECONDS = 0.5
 HEALTH_TIMEOUT_SECONDS = 1.0
 LOG_TAIL_CHARS = 2000
-LOCAL_BIGQUERY_ENV = "PODIUM_LOCAL_BIGQUERY_DIR"
+LOCAL_BIGQUERY_ENV = "LOCAL_BIGQUERY_DIR"
 
 _LOCAL_IMAGE = re.compile(r"^local://(?P<service>[^@/\s]+)@sha256:(?P<digest>[0-9a-f]{12,128})$")
 

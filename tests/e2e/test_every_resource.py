@@ -26,6 +26,7 @@ from tests.integration.conftest import assert_consistent, publish, run_doc, wait
 pytestmark = pytest.mark.slow
 ARCH_PROJECT = "podium-local"
 RUN = "every-1"
+YEARLY = "0 0 1 1 *"
 EPHEMERAL = {
     ("pubsub_topic", "tick-events"), ("pubsub_subscription", "tick-events-audit"),
     ("gcs_bucket", "podium-every-resource-ticks"), ("firestore_database", "ledger"),
@@ -47,6 +48,9 @@ def _director_url(settings) -> str:
 def test_every_resource_kind_is_created_used_and_torn_down_across_a_sigkill(
     local_settings, db, daemon_process, workspace: Path
 ) -> None:
+    # The example's job runs every minute; here once a year, so only the forced run below fires it.
+    path = workspace / "every-resource.yaml"
+    path.write_text(path.read_text().replace('schedule: "* * * * *"', f'schedule: "{YEARLY}"'))
     faults = local_settings.state_dir / "faults"
     first = daemon_process(local_settings, "first", PODIUM_FAULTS="mid_effect:undeploy",
                            PODIUM_FAULTS_DIR=str(faults)).start()
@@ -67,7 +71,7 @@ def test_every_resource_kind_is_created_used_and_torn_down_across_a_sigkill(
     jobs = firestore.Client(project=ARCH_PROJECT).collection("podium_scheduler_jobs")
     job = jobs.document("tick-every-minute").get().to_dict()
     recorder_url = doc["outputs"]["urls"]["recorder"]
-    assert (job["schedule"], job["time_zone"], job["uri"]) == ("* * * * *", "Europe/Paris", recorder_url)
+    assert (job["schedule"], job["time_zone"], job["uri"]) == (YEARLY, "Europe/Paris", recorder_url)
     dataset_file = local_settings.state_dir / "bigquery" / ARCH_PROJECT / "analytics.sqlite"
     with sqlite3.connect(dataset_file) as sql:
         columns = [(c[1], c[2], bool(c[3])) for c in sql.execute('PRAGMA table_info("ticks")')]
@@ -84,6 +88,17 @@ def test_every_resource_kind_is_created_used_and_torn_down_across_a_sigkill(
     with sqlite3.connect(dataset_file) as sql:
         assert sql.execute('SELECT job FROM "ticks"').fetchall() == [
             ("tick-every-minute",)]
+
+    # A second run of the same architecture creates nothing: every resource is found as it is.
+    written = [ledger.collection("ticks").document("_podium").get().update_time,
+               jobs.document("tick-every-minute").get().update_time]
+    start_local(local_settings, "every-2", workspace, "every-resource.yaml")
+    again = wait_status(db, local_settings, "every-2", timeout=120)
+    assert again["status"] == "succeeded", again.get("error")
+    assert [ledger.collection("ticks").document("_podium").get().update_time,
+            jobs.document("tick-every-minute").get().update_time] == written
+    assert {(r["kind"], r["name"]) for r in again["outputs"]["resources"] if r["dataflow"] != "director-infra"} == (
+        EPHEMERAL | KEPT)
 
     # Teardown; the daemon is killed in the middle of it and a second one finishes it.
     publish(local_settings, {"command": "teardown", "run_id": RUN})

@@ -182,7 +182,7 @@ def director(workspace: Path, tmp_path: Path, gcp_world: GcpWorld) -> Iterator[s
             "PORT": "0",
             "HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
-            "PODIUM_LOCAL_BIGQUERY_DIR": str(tmp_path / "director-bigquery"),
+            "LOCAL_BIGQUERY_DIR": str(tmp_path / "director-bigquery"),
         }
     )
     env["STORAGE_EMULATOR_HOST"] = gcp_world.storage.endpoint

@@ -40,9 +40,11 @@ def _port_open(host_port: str) -> bool:
 def test_fixture_exports_the_hosts(emulators: Emulators) -> None:
     assert os.environ["PUBSUB_EMULATOR_HOST"] == emulators.pubsub_host
     assert os.environ["FIRESTORE_EMULATOR_HOST"] == emulators.firestore_host
+    assert os.environ["STORAGE_EMULATOR_HOST"] == f"http://{emulators.storage_host}"
     assert emulators.env() == {
         "PUBSUB_EMULATOR_HOST": emulators.pubsub_host,
         "FIRESTORE_EMULATOR_HOST": emulators.firestore_host,
+        "STORAGE_EMULATOR_HOST": f"http://{emulators.storage_host}",
     }
 
 

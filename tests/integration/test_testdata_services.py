@@ -440,17 +440,20 @@ def test_dependent_setup_records_urls_and_teardown_deletes_only_the_payload(
     reply = harness.reply(dependent).envelope
     assert reply["type"] == "director.dependent_complete"
     assert reply["event_id"] == f"director~{dependent}~dependent_complete"
-    assert reply["data"] == {"command_id": dependent, "services": ["publisher", "subscriber"]}
+    assert reply["data"] == {"command_id": dependent, "services": ["publisher", "subscriber"],
+                             "created": [], "existed": [], "resources": []}  # no scheduler job here
 
     teardown = harness.send("teardown", run_id="run-td", payload=tracer_payload(topic, sub))
     reply = harness.reply(teardown).envelope
     assert reply["type"] == "director.dataflow_complete"
+    removed = reply["data"].pop("removed")
     assert reply["data"] == {
         "command_id": teardown,
         "instruction": "teardown",
         "deleted": [sub, topic],
         "missing": [],
     }
+    assert [(r["kind"], r["name"]) for r in removed] == [("pubsub_subscription", sub), ("pubsub_topic", topic)]
     assert not harness.topic_exists(topic)
     assert harness.get_subscription(sub) is None
     assert harness.topic_exists(bystander)

@@ -39,7 +39,7 @@ DIRECTOR_DIR = Path(__file__).resolve().parents[2] / "cli" / "example" / "direct
 PROJECT = "podium-proj"
 REGION = "europe-west1"
 LOCAL_SWITCHES = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST",
-                  "PODIUM_LOCAL_BIGQUERY_DIR")
+                  "LOCAL_BIGQUERY_DIR")
 
 
 # --- loading the director's modules ----------------------------------------------------------

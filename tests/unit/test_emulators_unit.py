@@ -236,6 +236,10 @@ def test_attach_from_env() -> None:
     assert attached.env() == both and not attached.owned
     attached.stop()  # no processes: nothing to do
     assert attach_from_env({"PUBSUB_EMULATOR_HOST": "127.0.0.1:1"}) is None
+    # The Storage emulator, when announced, rides along (google-cloud-storage wants a URL).
+    three = {**both, "STORAGE_EMULATOR_HOST": "http://127.0.0.1:3"}
+    attached = attach_from_env(three)
+    assert attached is not None and attached.storage_host == "127.0.0.1:3" and attached.env() == three
 
 
 def test_reset_on_a_dead_host_is_an_emulator_error() -> None:

@@ -1,6 +1,6 @@
 """BigQuery datasets and tables, with their schemas.
 
-On Google Cloud through ``google-cloud-bigquery``. Locally (``PODIUM_LOCAL_BIGQUERY_DIR`` set by
+On Google Cloud through ``google-cloud-bigquery``. Locally (``LOCAL_BIGQUERY_DIR`` set by
 Podium's local backend) in SQLite: one database file per dataset, ``<dir>/<project>/<dataset>.sqlite``,
 so ``ATTACH '<file>' AS <dataset>`` gives the same ``dataset.table`` names in SQL. SQLite because
 the services and the tests read and write those files from several processes at once, which
@@ -27,7 +27,7 @@ from google.api_core import exceptions
 from resource_kinds import CommandError, Spec, seconds
 
 log = logging.getLogger("director")
-LOCAL_DIR_ENV = "PODIUM_LOCAL_BIGQUERY_DIR"
+LOCAL_DIR_ENV = "LOCAL_BIGQUERY_DIR"
 SQLITE_TYPES = {
     "INTEGER": "INTEGER", "INT64": "INTEGER", "BOOLEAN": "INTEGER", "BOOL": "INTEGER",
     "FLOAT": "REAL", "FLOAT64": "REAL", "BYTES": "BLOB",

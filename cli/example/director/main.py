@@ -9,7 +9,7 @@ reply lists what exists as ``resources`` (``{kind, name, dataflow, location}``);
 resource. Every step is get-or-create or delete-if-present, so a redelivered command changes
 nothing. The same code runs on Google Cloud and locally, where the clients find the emulators
 (``PUBSUB_``, ``FIRESTORE_``, ``STORAGE_EMULATOR_HOST``), BigQuery is SQLite files under
-``PODIUM_LOCAL_BIGQUERY_DIR`` and scheduler jobs run in this process.
+``LOCAL_BIGQUERY_DIR`` and scheduler jobs run in this process.
 
 Start-up: reads ``command-subscription-id`` and ``completion-topic-id`` from the ``resources.yaml``
 written beside this file (the command topic is that subscription's ``topic``), creates the command
@@ -98,10 +98,11 @@ class Director:
         self.subscriber = pubsub_v1.SubscriberClient()
         self.local = bool(os.environ.get("FIRESTORE_EMULATOR_HOST")) if local is None else local
         self.topics = Topics(project, self.publisher)
+        self.subscriptions = Subscriptions(self.topics, self.subscriber)
         datasets, tables = bigquery_tables.kinds(project, region)
         # In creation order: a subscription needs its topic, a table its dataset, a collection its database.
         self.setup_kinds: Sequence[Kind] = (
-            self.topics, Subscriptions(self.topics, self.subscriber), Buckets(project, region),
+            self.topics, self.subscriptions, Buckets(project, region),
             datasets, tables, Databases(project, region), Collections(project, region),
         )
         self.scheduler = scheduler_for(project, region, self.local)
@@ -124,10 +125,10 @@ class Director:
     def ensure_subscription(self, name: str, topic: str, ack_deadline: int | None = None) -> bool:
         """Create the subscription on ``topic``; False if it already existed."""
         spec: Spec = {"name": name, "topic": topic, "ack_deadline_seconds": ack_deadline}
-        return Subscriptions(self.topics, self.subscriber).ensure(spec)
+        return self.subscriptions.ensure(spec)
 
     def subscription_path(self, name: str) -> str:
-        return Subscriptions(self.topics, self.subscriber).path(name)
+        return self.subscriptions.path(name)
 
     def topic_path(self, name: str) -> str:
         return self.topics.path(name)

@@ -34,9 +34,9 @@ def entry(kind: Kind, spec: Spec, dataflow: str) -> dict[str, str]:
             "location": kind.location(spec) or "global"}
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?[smhd])+$")
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?(?:ns|us|ms|s|m|h|d))+$")
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h|d)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def seconds(value: str) -> float:

@@ -1,6 +1,6 @@
 """Recorder: the service a Cloud Scheduler job calls (at its URL). Each ``POST /`` is written to every
 store of its dataflow: a document in its Firestore collection, an object in its bucket and a row
-in its BigQuery table (locally the SQLite file of the dataset, under ``PODIUM_LOCAL_BIGQUERY_DIR``).
+in its BigQuery table (locally the SQLite file of the dataset, under ``LOCAL_BIGQUERY_DIR``).
 ``GET /ticks`` answers ``{"received": N, "last_job": <X-CloudScheduler-JobName>}``.
 
 Where things are comes from the architecture's ``method: env`` links: ``TICKS_BUCKET``,
@@ -31,7 +31,7 @@ class Recorder:
         self.bucket, self.collection = env["TICKS_BUCKET"], env["TICKS_COLLECTION"]
         self.database, self.dataset = env.get("TICKS_DATABASE", "(default)"), env["TICKS_DATASET"]
         self.table = env["TICKS_TABLE"]
-        self.sqlite_dir = env.get("PODIUM_LOCAL_BIGQUERY_DIR")
+        self.sqlite_dir = env.get("LOCAL_BIGQUERY_DIR")
         self.received, self.last_job = 0, ""
         self._lock = threading.Lock()
 
