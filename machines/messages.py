@@ -71,6 +71,9 @@ class StartCommand(_Strict):
     source_root: str | None = Field(default=None, max_length=4096)
     trace_id: TraceId | None = None
     skip_preflight: bool = False  # every service's preflight is skipped (recorded as such)
+    # Another run of the same target (project_id + architecture name) is active: wait for it
+    # ("queue") or be refused ("fail"); either way recorded in the audit log.
+    if_busy: Literal["queue", "fail"] = "queue"
 
     @model_validator(mode="after")
     def _one_architecture(self) -> StartCommand:
