@@ -290,7 +290,7 @@ def settings_for(tag: str, **overrides: Any) -> Settings:
     suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
     s = Settings(project=os.environ.get("PODIUM_PROJECT", "podium-bench"), commands_topic=f"bcmd-{suffix}",
                  events_topic=f"bevt-{suffix}", dead_letter_topic=f"bdlq-{suffix}", collection=f"bench-{suffix}",
-                 backend="standin", **overrides)
+                 backend="standin", one_run_per_target=False, **overrides)  # many runs of one architecture
     ensure_daemon_plumbing(s)
     return s
 

@@ -64,6 +64,7 @@ def make_settings(tag: str) -> Settings:
         dead_letter_topic=f"dlq-{unique}",
         collection="orchestrations",
         backend="standin",
+        one_run_per_target=False,  # many runs of one architecture at once
         source_root=TESTDATA,
         state_dir=Path("/tmp") / f"podium-scaleout-{unique}",
         **TUNING,

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     collection: str = "orchestrations"
     delivery: Literal["pull", "push"] = "pull"  # push: Pub/Sub POSTs to /pubsub/push, no streaming pull
     backend: Literal["local", "gcp", "standin"] = "local"  # standin: tests and benchmarks only
+    # One active run per target (project_id + architecture name); a second start is queued or
+    # refused (start's if_busy). Off only for load tests that start one architecture many times
+    # at once on the stand-in backend, which deploys nothing.
+    one_run_per_target: bool = True
     source_root: Path = Field(default_factory=Path.cwd)
     state_dir: Path = Field(default_factory=lambda: Path.cwd() / ".podium")
 

@@ -20,6 +20,7 @@ import structlog
 
 from daemon.config import Settings
 from daemon.store import Applied, RunStore
+from daemon.store_targets import target_of
 from devtools.faults import crash_point
 from handlers.google_errors import is_transient
 from handlers.source_archives import gs_source_problem
@@ -212,7 +213,9 @@ class Engine:
             )
         extra["architecture"] = prepared.architecture
         extra["architecture_name"] = prepared.name
-        return self.store.start(run_id, msg.message_id, plan=prepared.plan, limits=self.limits(), extra=extra)
+        return self.store.start(run_id, msg.message_id, plan=prepared.plan, limits=self.limits(), extra=extra,
+                                target=target_of(prepared.architecture) if self.settings.one_run_per_target else None,
+                                if_busy=command.if_busy)
 
     def limits(self) -> dict[str, timedelta]:
         s = self.settings

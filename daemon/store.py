@@ -6,8 +6,9 @@ outbox entries in one commit. The transaction body has no side effects, because 
 may run it more than once. Effects created here are already leased to this replica, and
 the transaction applying an effect's outcome event marks it done: no extra round trips.
 
-The lease writes of effects (claims, renewals, hand-backs) are in :mod:`daemon.store_leases`
-and the records of rejected messages in :mod:`daemon.rejected`; :class:`RunStore` offers both.
+The lease writes of effects (claims, renewals, hand-backs) are in :mod:`daemon.store_leases`,
+the records of rejected messages in :mod:`daemon.rejected`, and the target locks (one active run
+per target) in :mod:`daemon.store_targets`, read and written by the same transactions as the runs.
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from daemon import rejected
 from daemon.store_leases import EffectLeases, utcnow
+from daemon.store_targets import MAX_QUEUE, TargetLock, Targets
 from handlers.base import outcome_mismatch
 from machines.errors import UnknownRun
 from machines.messages import EffectSpec, Event, RunState, RunView
-from machines.orchestration import Decision, decide, rejected_start, start_run
+from machines.orchestration import (
+    TERMINAL_STATES,
+    Decision,
+    decide,
+    queued_start,
+    rejected_start,
+    start_run,
+)
 
 EFFECTS = "effects"
 EVENTS = "events"
@@ -103,6 +112,7 @@ class RunStore(EffectLeases):
         # Firestore's pessimistic mode) would otherwise make them wait on each other's locks.
         # One lock per run, not per hash stripe: two different runs never wait for each other.
         self._serial = _RunLocks()
+        self.targets = Targets(client, collection)
 
     # ---- reads -----------------------------------------------------------------------
     def get(self, run_id: str) -> dict[str, Any] | None:
@@ -147,15 +157,25 @@ class RunStore(EffectLeases):
         limits: Mapping[str, timedelta],
         extra: Mapping[str, Any],
         invalid: tuple[str, str] | None = None,
+        target: str | None = None,
+        if_busy: str = "queue",
     ) -> Applied:
-        """Create the run if absent (a second start is recorded as a duplicate and changes nothing)."""
+        """Create the run if absent (a second start is recorded as a duplicate and changes nothing).
+
+        With a ``target``, the run takes the target's lock; if another run holds it, the new run
+        is queued behind it (``if_busy="queue"``) or fails with reason ``target_busy``."""
         run_ref = self.runs.document(run_id)
         event_id = f"cmd~{message_id}"
+        target_ref = self.targets.ref(target) if target is not None and invalid is None else None
 
         @firestore.transactional
         def tx(transaction: firestore.Transaction) -> Applied:
             now = utcnow()
-            snap = run_ref.get(transaction=transaction)
+            refs = [run_ref] + ([target_ref] if target_ref is not None else [])
+            snaps = {s.reference.path: s for s in transaction.get_all(refs)}
+            snap = snaps[run_ref.path]
+            lock = (Targets.lock_of(target_ref, target, snaps.get(target_ref.path))
+                    if target_ref is not None and target is not None else None)
             if snap.exists:
                 # A derived id: a redelivered start (same message id) must not overwrite the
                 # record of the start it applied, which holds version 1.
@@ -165,13 +185,22 @@ class RunStore(EffectLeases):
                            f"run {run_id} already exists; start ignored"),
                 )
                 return Applied("duplicate", run_id, "run already exists")
-            if invalid is not None:
+            busy = lock is not None and lock.busy_for(run_id)
+            if busy and lock is not None and not self.targets.holder_ended(transaction, lock):
+                decision = self._start_on_busy_target(run_id, plan, limits, now, lock, if_busy)
+            elif invalid is not None:
                 decision = rejected_start(run_id, invalid[0], invalid[1], now)
             else:
                 assert plan is not None
                 decision = start_run(run_id, plan, limits, now)
+            if lock is not None and decision.to_state == "queued":
+                self.targets.enqueue(transaction, lock, run_id, now)
+            elif lock is not None and decision.to_state != "failed":
+                self.targets.acquire(transaction, lock, run_id, now)
             doc = {"run_id": run_id, "created_at": now, **run_fields(decision.run), "plan": dict(decision.run.plan),
                    "limits": stored_limits(decision.run.limits), **extra}
+            if target is not None:
+                doc["target"] = target
             doc["updated_at"] = now
             transaction.create(run_ref, doc)
             transaction.set(
@@ -184,6 +213,21 @@ class RunStore(EffectLeases):
 
         with self._serial(run_id):
             return tx(self.client.transaction())
+
+    @staticmethod
+    def _start_on_busy_target(
+        run_id: str, plan: Mapping[str, Any] | None, limits: Mapping[str, timedelta], now: datetime,
+        lock: TargetLock, if_busy: str,
+    ) -> Decision:
+        busy = f"target {lock.target} is busy with run {lock.holder}"
+        if if_busy == "fail":
+            return rejected_start(run_id, "target_busy", f"{busy} (started with if_busy=fail)", now)
+        if len(lock.queue) >= MAX_QUEUE:
+            return rejected_start(run_id, "target_busy", f"{busy} and {len(lock.queue)} runs wait for it", now)
+        assert plan is not None and lock.holder is not None
+        decision = queued_start(run_id, plan, limits, now, lock.holder)
+        return Decision(decision.outcome, decision.from_state, decision.to_state, decision.run, decision.effects,
+                        f"queued: {busy}")
 
     def apply(self, event: Event, message_id: str) -> Applied:
         """Apply one event to its run in one transaction.
@@ -228,7 +272,18 @@ class RunStore(EffectLeases):
                 self._mark_done(transaction, settles, now)
                 return Applied("duplicate", event.run_id, "already applied", settled_effect=effect_id)
             run = run_state(doc)
-            decision = decide(run, event, now)
+            target = doc.get("target") if isinstance(doc.get("target"), str) else None
+            lock, event_now, busy = self._target_before(transaction, run, event, target)
+            if busy:  # a retry or teardown must wait until the target is free: nothing changes
+                transaction.set(
+                    run_ref.collection(EVENTS).document(f"{event.event_id}~ign~{message_id}"),
+                    _audit(event.event_id, event.type, event.item, message_id, now, doc.get("state"), None,
+                           "ignored", busy),
+                )
+                return Applied("ignored", event.run_id, busy)
+            decision = decide(run, event_now, now)
+            if decision.applied and target is not None:
+                lock = self._target_after(transaction, decision, target, lock, now)
             if decision.applied:
                 fields = run_fields(decision.run)
                 # Only the fields this transition changed (always version and updated_at): the
@@ -240,7 +295,7 @@ class RunStore(EffectLeases):
                 record_id = f"{event.event_id}~ign~{message_id}"
             transaction.set(
                 run_ref.collection(EVENTS).document(record_id),
-                _audit(event.event_id, event.type, event.item, message_id, now, decision.from_state,
+                _audit(event.event_id, event_now.type, event.item, message_id, now, decision.from_state,
                        decision.to_state if decision.applied else None, decision.outcome, decision.detail,
                        version=decision.run.version if decision.applied else None),
             )
@@ -251,6 +306,45 @@ class RunStore(EffectLeases):
 
         with self._serial(event.run_id):
             return tx(self.client.transaction())
+
+    def _target_before(
+        self, transaction: firestore.Transaction, run: RunState, event: Event, target: str | None
+    ) -> tuple[TargetLock | None, Event, str]:
+        """Read the target's lock when ``event`` may need it: a queued run's wake-up (which
+        becomes ``target.acquired`` once the target is this run's), or a retry or teardown that
+        makes a finished run active again (refused while another run holds the target: the
+        third value says why). Reads only: the writes come after the decision."""
+        if target is None:
+            return None, event, ""
+        if run.state == "queued" and event.type == "timer.fired":
+            if run.timer is None or event.data.get("seq") != run.timer.seq:
+                return None, event, ""  # a stale wake-up: the machine ignores it
+            lock = self.targets.read(transaction, target)
+            first = not lock.queue or lock.queue[0] == run.run_id
+            if lock.holder == run.run_id or (first and self.targets.holder_ended(transaction, lock)):
+                return lock, Event(run_id=run.run_id, event_id=event.event_id, type="target.acquired"), ""
+            return lock, event, ""
+        if run.state in TERMINAL_STATES and event.type in ("command.retry", "command.teardown"):
+            lock = self.targets.read(transaction, target)
+            if lock.busy_for(run.run_id) and not self.targets.holder_ended(transaction, lock):
+                return lock, event, f"target {target} is busy with run {lock.holder}; {event.type} again when it ends"
+            return lock, event, ""
+        return None, event, ""  # anything else reads the lock after the decision, only if the run ends
+
+    def _target_after(
+        self, transaction: firestore.Transaction, decision: Decision, target: str, lock: TargetLock | None,
+        now: datetime,
+    ) -> TargetLock | None:
+        """The lock writes of an applied decision: taken when a run becomes active, released
+        (handed to the next queued run) when it ends."""
+        ended = decision.to_state in TERMINAL_STATES and decision.from_state not in TERMINAL_STATES
+        active = decision.to_state not in TERMINAL_STATES and decision.to_state != "queued"
+        if ended:
+            lock = lock or self.targets.read(transaction, target)
+            self.targets.release(transaction, lock, decision.run.run_id, now)
+        elif active and lock is not None:
+            self.targets.acquire(transaction, lock, decision.run.run_id, now)
+        return lock
 
     def _write_effects(
         self, transaction: firestore.Transaction, run_ref: Any, effects: Sequence[EffectSpec], now: datetime

@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 # The phases, their edges, items, joins, failures and timeouts come from machines/pipeline.py.
-ACTIVE_STATES: tuple[str, ...] = ("pending", *PIPELINE_STATES)
+# ``queued``: started while another run of the same target was active; it waits for the target.
+ACTIVE_STATES: tuple[str, ...] = ("pending", "queued", *PIPELINE_STATES)
 STATES: tuple[str, ...] = ACTIVE_STATES + TERMINAL_STATES
 STATUS_OF_TERMINAL: Mapping[str, RunStatus] = {
     "succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled", "torn_down": "torn_down",
@@ -56,6 +57,9 @@ def transition_table() -> list[dict[str, Any]]:
     active = list(ACTIVE_STATES)
     t: list[dict[str, Any]] = [
         {"trigger": "command_start", "source": "pending", "dest": PIPELINE_STATES[0]},
+        # One active run per target: the store sees the target's lock and says which.
+        {"trigger": "target_busy", "source": "pending", "dest": "queued"},
+        {"trigger": "target_acquired", "source": "queued", "dest": PIPELINE_STATES[0]},
         # Teardown: from any end but a finished teardown (a second one finds nothing to do there).
         {"trigger": "command_teardown", "source": ["succeeded", "failed", "cancelled"], "dest": TEARDOWN_START,
          "before": "on_teardown"},

@@ -47,15 +47,16 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 # What effects and the ServiceDirector may report: every outcome of machines/pipeline.py's kinds.
 EVENT_TYPES: frozenset[str] = OUTCOME_EVENT_TYPES
-# Internal: fired by the daemon's own timer sweep, never accepted from a topic.
-INTERNAL_EVENT_TYPES: frozenset[str] = frozenset({"timer.fired"})
+# Internal: fired by the daemon's own timer sweep, or made by the store from the target's lock
+# (one active run per target), never accepted from a topic.
+INTERNAL_EVENT_TYPES: frozenset[str] = frozenset({"timer.fired", "target.busy", "target.acquired"})
 
 # Commands become events of these types inside the engine (they share one audit log).
 COMMAND_EVENT_TYPES: frozenset[str] = frozenset(
     {"command.start", "command.cancel", "command.retry", "command.teardown"}
 )
 
-RunStatus = Literal["running", "succeeded", "failed", "cancelled", "torn_down"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "torn_down"]
 Outcome = Literal["applied", "duplicate", "ignored", "rejected"]
 
 

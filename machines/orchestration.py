@@ -57,6 +57,7 @@ __all__ = [  # the machine's names too: callers see one module
     "admits",
     "decide",
     "failed_run",
+    "queued_start",
     "rejected_start",
     "start_run",
     "transition_table",
@@ -72,6 +73,7 @@ DEFAULT_LIMITS: Mapping[str, timedelta] = {
     "director_budget": timedelta(minutes=1),
     "director_ping_interval": timedelta(seconds=2),
 }
+TARGET_POLL = timedelta(seconds=30)  # a queued run re-checks its target this often
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class _RunModel(TeardownSteps):
             return False
         if timer.purpose == "timeout":
             return True
+        if timer.purpose == "target":  # a queued run waits as long as the run ahead of it
+            return False
         budget = self.limit("iam_budget" if timer.purpose.startswith("iam") else "director_budget")
         return self.now - timer.started_at >= budget
 
@@ -169,8 +173,16 @@ class _RunModel(TeardownSteps):
         if self.state in TERMINAL_STATES:
             self.clear_timer()
             self.run.status = STATUS_OF_TERMINAL[self.state]
+        elif self.run.status == "queued" and self.state != "queued":
+            self.run.status = "running"
         elif self.run.timer_seq == seq_before:  # no poll timer was set: guard the state with a deadline
             self.set_timer("timeout", self.limit(f"timeout_{self.state}"))
+
+    def _enter_queued(self) -> None:
+        # The store wakes the run (wake_at = now) when the run ahead of it ends; the poll is
+        # the safety net should that wake-up find the target still held.
+        self.run.status = "queued"
+        self.set_timer("target", TARGET_POLL)
 
     def _enter_generating_config(self) -> None:
         self.effect("configgen")
@@ -271,7 +283,9 @@ class _RunModel(TeardownSteps):
     def on_timer(self, _event: Any = None) -> None:
         timer = self.run.timer
         assert timer is not None  # guarded by decide()
-        if timer.purpose == "iam.accounts":
+        if timer.purpose == "target":
+            self.set_timer("target", TARGET_POLL)
+        elif timer.purpose == "iam.accounts":
             self._poll_iam("accounts", timer.attempt + 1, timer.started_at)
         elif timer.purpose == "iam.resources":
             self._poll_iam("resources", timer.attempt + 1, timer.started_at)
@@ -394,6 +408,15 @@ def start_run(run_id: str, plan: Mapping[str, Any], limits: Mapping[str, timedel
     """The first decision of a run: ``pending`` -> ``generating_config``."""
     run = RunState(run_id=run_id, plan=dict(plan), limits=dict(limits), created_at=now, updated_at=now)
     event = Event(run_id=run_id, event_id="start", type="command.start")
+    return decide(run, event, now)
+
+
+def queued_start(
+    run_id: str, plan: Mapping[str, Any], limits: Mapping[str, timedelta], now: datetime, holder: str
+) -> Decision:
+    """The first decision of a run whose target is busy with ``holder``: ``pending`` -> ``queued``."""
+    run = RunState(run_id=run_id, plan=dict(plan), limits=dict(limits), created_at=now, updated_at=now)
+    event = Event(run_id=run_id, event_id="start", type="target.busy", data={"holder": holder})
     return decide(run, event, now)
 
 

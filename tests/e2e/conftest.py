@@ -38,6 +38,7 @@ def local_settings(emulators, firestore_reset, project, unique, workspace: Path,
         state_dir=tmp_path / "state",
         local_iam_delay_seconds=0.5,
         preflight_timeout_seconds=60.0,
+        one_run_per_target=True,
     )
     ensure_daemon_plumbing(s)
     yield s

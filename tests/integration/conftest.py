@@ -39,6 +39,9 @@ def make_settings(project: str, unique: str, **overrides: Any) -> Settings:
         "director_ready_budget_seconds": 10.0,
         "ack_deadline_seconds": 10,
         "max_delivery_attempts": 5,  # the minimum Pub/Sub allows: dead-letter tests stay short
+        # Suites start testdata many times at once on the stand-in backend; the target lock has
+        # its own tests (test_targets.py) and is on in the local end-to-end suites.
+        "one_run_per_target": False,
     }
     values.update(overrides)
     return Settings(**values)
@@ -63,6 +66,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "PODIUM_LOCAL_IAM_DELAY_SECONDS": str(settings.local_iam_delay_seconds),
             "PODIUM_ACK_DEADLINE_SECONDS": str(settings.ack_deadline_seconds),
             "PODIUM_MAX_DELIVERY_ATTEMPTS": str(settings.max_delivery_attempts),
+            "PODIUM_ONE_RUN_PER_TARGET": str(settings.one_run_per_target).lower(),
             "PODIUM_PORT": "0",
             "PODIUM_LOG_FORMAT": "json",
         }
@@ -182,7 +186,7 @@ def run_doc(db: firestore.Client, settings: Settings, run_id: str) -> dict[str, 
 def wait_status(db: firestore.Client, settings: Settings, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
     def ended() -> dict[str, Any] | None:
         doc = run_doc(db, settings, run_id)
-        return doc if doc and doc.get("status") != "running" else None
+        return doc if doc and doc.get("status") not in ("running", "queued") else None
 
     return wait_for(ended, timeout, f"run {run_id} to end")
 

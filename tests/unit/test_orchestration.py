@@ -33,6 +33,7 @@ from machines.orchestration import (
     admits,
     decide,
     failed_run,
+    queued_start,
     rejected_start,
     start_run,
 )
@@ -173,6 +174,8 @@ def run_at(
     """A run driven along the happy path until it first enters ``state``."""
     if state == "pending":
         return RunState(run_id=run_id, plan=dict(plan), limits=dict(limits or {}))
+    if state == "queued":  # started while another run held the target
+        return queued_start(run_id, plan, limits or {}, NOW, "r0").run
     run = new_run(plan, limits, run_id)
     for _ in range(100):
         if run.state == state:
@@ -669,7 +672,20 @@ def test_run_state_timeout_applies_to_states_without_their_own() -> None:
     assert delay_of(run) == 7
 
 
-@pytest.mark.parametrize("state", [s for s in ACTIVE_STATES if s != "pending"])
+def test_a_queued_run_waits_for_its_target_and_starts_when_it_gets_it() -> None:
+    """``queued`` has no deadline: its poll re-arms for as long as the run ahead of it runs."""
+    run = run_at("queued")
+    assert (run.state, run.status, run.timer.purpose if run.timer else None) == ("queued", "queued", "target")
+    for _ in range(3):
+        d = fire(run, run.wake_at or NOW)
+        assert (d.outcome, d.to_state, d.effects) == ("applied", "queued", ())
+        run = d.run
+    d = apply(run, ev("target.acquired"))
+    assert (d.to_state, d.run.status, [e.kind for e in d.effects]) == ("generating_config", "running", ["configgen"])
+    assert decide(run_at("preflight"), ev("target.acquired"), NOW).outcome == "ignored"
+
+
+@pytest.mark.parametrize("state", [s for s in ACTIVE_STATES if s not in ("pending", "queued")])
 def test_every_non_terminal_state_fails_when_its_timers_run_out(state: str) -> None:
     """Firing whatever timer the state holds, on time, always ends in ``failed`` (never loops)."""
     run = run_at(state, limits={"iam_budget": 30, "director_budget": 30})
@@ -1301,7 +1317,7 @@ def test_every_state_is_reachable_in_the_definition() -> None:
     for state in ACTIVE_STATES:
         assert {"failed", "cancelled"} <= edges[state], state
     assert edges["succeeded"] == edges["cancelled"] == {"removing_services"}
-    assert edges["failed"] == set(ACTIVE_STATES) - {"pending"}
+    assert edges["failed"] == set(ACTIVE_STATES) - {"pending", "queued"}  # retry: back where it failed
     assert edges["torn_down"] == set()
 
 

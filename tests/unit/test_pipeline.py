@@ -27,7 +27,7 @@ def edges() -> set[tuple[str, str, str | None]]:
 
 
 def test_the_machine_has_exactly_the_phases_in_pipeline_order() -> None:
-    assert ("pending", *PIPELINE_STATES) == orchestration.ACTIVE_STATES
+    assert ("pending", "queued", *PIPELINE_STATES) == orchestration.ACTIVE_STATES
     assert orchestration.MACHINE.get_state("generating_config")  # type: ignore[no-untyped-call]
     assert ("command_start", "pending", PIPELINE_STATES[0]) in edges()
 
