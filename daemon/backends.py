@@ -18,7 +18,9 @@ from handlers.iam.base import IamBackend
 from handlers.preflight import preflight_effect
 
 
-def _table(iam_backend: IamBackend, build: Handler, deploy: Handler, undeploy: Handler) -> dict[str, Handler]:
+def _table(
+    iam_backend: IamBackend, build: Handler, deploy: Handler, undeploy: Handler, stop: Handler
+) -> dict[str, Handler]:
     return {
         "configgen": configgen_effect,
         "preflight": preflight_effect,
@@ -30,6 +32,7 @@ def _table(iam_backend: IamBackend, build: Handler, deploy: Handler, undeploy: H
         "director.command": director.send,
         "undeploy": undeploy,
         "iam.remove": partial(iam.remove, backend=iam_backend),
+        "stop": stop,
     }
 
 
@@ -37,18 +40,18 @@ def handlers_for(settings: Settings) -> Mapping[str, Handler]:
     if settings.backend == "standin":
         return standin.HANDLERS
     if settings.backend == "local":
-        from handlers.deploy.local import deploy_local, undeploy_local
+        from handlers.deploy.local import deploy_local, stop_run_local, undeploy_local
         from handlers.iam.local import LocalIam
         from handlers.image_builds.local import build_local
 
-        return _table(LocalIam(settings), build_local, deploy_local, undeploy_local)
+        return _table(LocalIam(settings), build_local, deploy_local, undeploy_local, stop_run_local)
     from handlers.deploy.gcp import deploy_gcp, undeploy_gcp
     from handlers.gcp_clients import clients_for
     from handlers.iam.gcp import GcpIam
-    from handlers.image_builds.gcp import build_gcp
+    from handlers.image_builds.gcp import build_gcp, stop_builds_gcp
 
     iam_backend = GcpIam(settings.project, clients=clients_for(settings), deployer=settings.service_account)
-    return _table(iam_backend, build_gcp, deploy_gcp, undeploy_gcp)
+    return _table(iam_backend, build_gcp, deploy_gcp, undeploy_gcp, stop_builds_gcp)
 
 
 def concurrency_for(settings: Settings) -> dict[str, int]:

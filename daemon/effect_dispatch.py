@@ -61,6 +61,9 @@ class Job:
     deadline: float = math.inf
     slot: bool = False  # holds one of its kind's slots
     abandoned: bool = False  # past its deadline: its thread is left to finish alone
+    # Set when the lease is lost (the run was cancelled, or another replica took the effect
+    # over): a handler that watches ``EffectContext.cancelled`` stops its work.
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
     def key(self) -> Key:
@@ -137,7 +140,7 @@ class Dispatcher:
 
     def drop(self, lost: Mapping[Key, str]) -> list[Job]:
         """Forget the jobs whose claim is in ``lost`` (their lease is gone); returns them.
-        A running one keeps running; its result is dropped."""
+        A running one is told to stop (``cancelled``); whatever it reports is dropped."""
         dropped: list[Job] = []
         with self._cv:
             for key, claim in lost.items():
@@ -146,6 +149,7 @@ class Dispatcher:
                     continue
                 del self.held[key]
                 self._unqueue(job)
+                job.cancelled.set()
                 dropped.append(job)
         return dropped
 
@@ -300,6 +304,7 @@ class Dispatcher:
             attempt=job.attempts - 1,
             run=job.run,
             settings=self.settings,
+            cancelled=job.cancelled,
         )
 
     def _execute(self, job: Job) -> None:

@@ -18,7 +18,9 @@ from typing import Any
 
 import structlog
 
+from daemon import rejected
 from daemon.config import Settings
+from daemon.pubsub import topic_path
 from daemon.store import Applied, RunStore
 from daemon.store_targets import target_of
 from devtools.faults import crash_point
@@ -87,28 +89,33 @@ class Engine:
             routes[s.cloud_builds_subscription] = ("cloud-builds", self.on_cloud_build)
         return routes
 
+    # Each entry point names its topic for the record of a message it rejects (daemon/rejected.py).
     def on_command(self, msg: Inbound) -> Verdict:
-        return self._guard(msg, self._command)
+        with rejected.origin_topic(topic_path(self.settings.project, self.settings.commands_topic)):
+            return self._guard(msg, self._command)
 
     def on_event(self, msg: Inbound) -> Verdict:
-        return self._guard(msg, self._event)
+        with rejected.origin_topic(topic_path(self.settings.project, self.settings.events_topic)):
+            return self._guard(msg, self._event)
 
     def on_cloud_build(self, msg: Inbound) -> Verdict:
         """gcp mode: Cloud Build's own notifications, mapped to a run by the build's tags."""
-        return self._guard(msg, self._cloud_build)
+        with rejected.origin_topic(topic_path(self.settings.project, self.settings.cloud_builds_topic)):
+            return self._guard(msg, self._cloud_build)
 
     def on_dead_letter(self, msg: Inbound) -> Verdict:
         """A message Pub/Sub gave up on: record it so nothing is lost, then ack."""
         attempts = msg.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "?")
         source = msg.attributes.get("CloudPubSubDeadLetterSourceSubscription", "?")
-        self.store.record_rejected(
-            msg.message_id,
-            msg.data,
-            msg.attributes,
-            "dead_lettered",
-            f"delivery failed {attempts} times on {source}; see the daemon's logs for the errors",
-            "dead-letter",
-        )
+        with rejected.origin_topic(rejected.dead_letter_origin(self.settings, msg.attributes)):
+            self.store.record_rejected(
+                msg.message_id,
+                msg.data,
+                msg.attributes,
+                "dead_lettered",
+                f"delivery failed {attempts} times on {source}; see the daemon's logs for the errors",
+                "dead-letter",
+            )
         log.warning("dead letter recorded", message_id=msg.message_id, source=source)
         return Verdict.ACK
 

@@ -282,6 +282,12 @@ class RunStore(EffectLeases):
                 )
                 return Applied("ignored", event.run_id, busy)
             decision = decide(run, event_now, now)
+            # A cancelled run's pending effects are cancelled with it: the replicas running them
+            # lose their leases at the next renewal and stop (EffectContext.cancelled). Read
+            # here: every read of a transaction comes before its first write.
+            stopped = (list(transaction.get(run_ref.collection(EFFECTS).where(
+                filter=FieldFilter("status", "==", "pending"))))
+                if decision.applied and decision.to_state == "cancelled" else [])
             if decision.applied and target is not None:
                 lock = self._target_after(transaction, decision, target, lock, now)
             if decision.applied:
@@ -299,6 +305,8 @@ class RunStore(EffectLeases):
                        decision.to_state if decision.applied else None, decision.outcome, decision.detail,
                        version=decision.run.version if decision.applied else None),
             )
+            for snap in stopped:
+                transaction.update(snap.reference, {"status": "cancelled", "done_at": now})
             claims = self._write_effects(transaction, run_ref, decision.effects, now)
             self._mark_done(transaction, settles, now)
             return Applied(decision.outcome, event.run_id, decision.detail, decision, decision.effects, run_view(doc),

@@ -43,6 +43,9 @@ class EffectContext:
     attempt: int
     run: RunView  # the run as it was when the effect was leased
     settings: HandlerSettings
+    # Set when this replica lost the effect's lease (its run was cancelled, or another replica
+    # took it over): long handlers watch it and stop; their outcome would be dropped anyway.
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
 
     @cached_property
     def architecture(self) -> Architecture:

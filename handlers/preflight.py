@@ -46,6 +46,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +60,9 @@ from handlers.base import EffectContext, Outcome
 from handlers.secrets import child_env, known_secret_values, redact, resolve_secrets, service_env
 from machines.architecture.naming import preflight_program_problem
 
-Reason = Literal["passed", "failed", "timeout", "no_tests", "missing_dir", "missing_tool", "refused", "skipped"]
+Reason = Literal[
+    "passed", "failed", "timeout", "no_tests", "missing_dir", "missing_tool", "refused", "skipped", "cancelled",
+]
 Result = Literal["passed", "failed", "no_tests", "skipped"]
 Runner = Literal["pytest", "go", "command", "none"]
 
@@ -67,6 +70,7 @@ OUTPUT_TAIL_CHARS = 4000
 PYTEST_NO_TESTS_COLLECTED = 5
 GO_INSTALL_HINT = "install Go (https://go.dev/doc/install; Debian/Ubuntu: apt-get install golang-go)"
 _KILL_GRACE_SECONDS = 5.0
+_CANCEL_CHECK_SECONDS = 0.5  # how often a running preflight looks at its effect's cancel flag
 _PYTHON_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", "pytest.ini", "tox.ini", "conftest.py")
 _NOT_SOURCE_DIRS = frozenset({"node_modules", "__pycache__", "venv", "site-packages", "vendor"})
 _MAX_ENTRIES_SCANNED = 5000
@@ -149,10 +153,20 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _run_group(argv: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float) -> tuple[str, int | None]:
+class _Cancelled(Exception):
+    def __init__(self, output: str) -> None:
+        super().__init__("cancelled")
+        self.output = output
+
+
+def _run_group(
+    argv: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float,
+    cancelled: threading.Event | None = None,
+) -> tuple[str, int | None]:
     """Run ``argv`` in its own process group; (output, exit code), or exit code None on timeout.
 
-    Raises ``OSError`` when it cannot start. Whatever it left running in its group is killed."""
+    Raises ``OSError`` when it cannot start, ``_Cancelled`` (with the output so far) when
+    ``cancelled`` is set while it runs. Whatever it left running in its group is killed."""
     proc = subprocess.Popen(
         list(argv),
         cwd=cwd,
@@ -165,8 +179,18 @@ def _run_group(argv: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: 
         start_new_session=True,  # its own process group: a timeout kills all it started
     )
     timed_out = False
+    deadline = time.monotonic() + timeout
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        while True:  # communicate() may be called again after a timeout without losing output
+            try:
+                output, _ = proc.communicate(timeout=max(0.0, min(_CANCEL_CHECK_SECONDS, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                if cancelled is not None and cancelled.is_set():
+                    _kill_group(proc)
+                    raise _Cancelled(proc.communicate(timeout=_KILL_GRACE_SECONDS)[0] or "") from None
+                if time.monotonic() >= deadline:
+                    raise
     except subprocess.TimeoutExpired:
         # The runner may have finished while something it started still holds the pipe open.
         timed_out = proc.poll() is None
@@ -203,6 +227,7 @@ def run_preflight(
     env: Mapping[str, str] | None = None,
     secrets: Iterable[str] = (),
     command: Sequence[str] = (),
+    cancelled: threading.Event | None = None,
 ) -> PreflightResult:
     """Run the service's tests in ``service_dir`` with its runner (``choose_runner``; ``command``
     is ``preflight.command``); never raises for a failing, hanging, missing or test-less service.
@@ -269,7 +294,9 @@ def run_preflight(
         argv = preflight_command()
 
     try:
-        output, code = _run_group(argv, service_dir, child, timeout)
+        output, code = _run_group(argv, service_dir, child, timeout, cancelled)
+    except _Cancelled as stopped:
+        return result("cancelled", None, stopped.output + "\npreflight: cancelled; process group killed\n")
     except FileNotFoundError as exc:
         return result("missing_tool", None, f"preflight: cannot run {argv[0]!r} in {service_dir}: {exc}\n")
     except OSError as exc:
@@ -346,7 +373,7 @@ def preflight_effect(ctx: EffectContext) -> Sequence[Outcome]:
         timeout = min(timeout, float(asked))
     result = run_preflight(
         service, folder, timeout=timeout, env={**env, **secrets}, secrets=hidden,
-        command=declared.command if declared is not None else (),
+        command=declared.command if declared is not None else (), cancelled=ctx.cancelled,
     )
     data: dict[str, Any] = {
         "result": result.result,

@@ -92,6 +92,7 @@ _TABLE: dict[str, Callable[[EffectContext], Sequence[Outcome]]] = {
     "deploy": _deploy,
     "director.command": director_reply,
     "undeploy": lambda ctx: [Outcome("undeploy.succeeded", ctx.item)],
+    "stop": lambda ctx: [Outcome("stop.succeeded", ctx.item)],
     "iam.remove": lambda ctx: [Outcome("iam.accounts_removed", ctx.item, {"removed": []})],
 }
 HANDLERS: dict[str, Handler] = {kind: _recorded(fn) for kind, fn in _TABLE.items()}

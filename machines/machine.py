@@ -83,6 +83,9 @@ def transition_table() -> list[dict[str, Any]]:
         {"trigger": "timer_fired", "source": active, "dest": "failed", "conditions": "timer_exhausted"},
         {"trigger": "timer_fired", "source": active, "dest": None, "after": "on_timer"},
         {"trigger": "command_cancel", "source": active, "dest": "cancelled", "before": "on_cancel"},
+        # The cancel's cleanup reports back: recorded in the audit log, the run stays cancelled.
+        {"trigger": "stop_succeeded", "source": "cancelled", "dest": None},
+        {"trigger": "stop_failed", "source": "cancelled", "dest": None},
     ]
     t += [{"trigger": trigger_name(f), "source": list(sources), "dest": "failed"}
           for f, sources in FAILURE_SOURCES.items()]
@@ -90,7 +93,7 @@ def transition_table() -> list[dict[str, Any]]:
     t += [
         {
             "trigger": "command_retry",
-            "source": "failed",
+            "source": ["failed", "cancelled"],  # a cancelled run resumes where it was stopped
             "dest": state,
             "conditions": f"failed_in_{state}",
             "before": "on_retry",

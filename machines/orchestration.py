@@ -42,6 +42,7 @@ from machines.outcomes import record_item_failure, record_outputs, stale_reason
 from machines.pipeline import (
     FAN_IN,
     ITEM_PROGRESS,
+    PIPELINE_STATES,
     STATE_TIMEOUTS,
 )
 from machines.teardown import TeardownSteps
@@ -298,8 +299,14 @@ class _RunModel(TeardownSteps):
         self.run.failed_state = failed_in
         self.run.error = RunError(state=failed_in, reason=self._failure_reason(), message=clip(self._failure_message()))
 
-    def on_cancel(self, _event: Any = None) -> None:
+    def on_cancel(self, event: Any = None) -> None:
+        # Where it stopped, so a retry resumes there (as after a failure); and the cleanup of
+        # what is still running: its effects are cancelled by the store, ``stop`` ends the rest.
+        stopped_in = event.transition.source if event is not None else self.state
         self.run.error = None
+        self.run.failed_state = stopped_in if stopped_in in PIPELINE_STATES else None
+        if stopped_in not in ("pending", "queued"):
+            self.effect("stop", "run", cancelled_at=self.now.isoformat())
 
     def on_retry(self, _event: Any = None) -> None:
         self.run.attempt += 1

@@ -83,6 +83,8 @@ EFFECT_KINDS: Mapping[str, EffectKind] = {
               "director.ready", "director.dataflow_complete", "director.dependent_complete"),
         _kind("undeploy", "undeploy.failed", "undeploy.succeeded"),
         _kind("iam.remove", "iam.failed", "iam.accounts_removed"),
+        # On cancel: stop what the run still has going (its local processes, its Cloud Builds).
+        _kind("stop", "stop.failed", "stop.succeeded"),
     )
 }
 

@@ -381,6 +381,22 @@ def undeploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) 
     return [Outcome("undeploy.succeeded", service, {"stopped": current is not None})]
 
 
+def stop_run_local(ctx: EffectContext, registry: ProcessRegistry | None = None) -> Sequence[Outcome]:
+    """The ``stop`` effect of a cancelled run: stop the processes this run started before it was
+    cancelled (``params.cancelled_at``); processes of other runs, or started by a retry after
+    the cancel, are left alone."""
+    project = ctx.architecture.project_id or ctx.settings.project
+    reg = registry or registry_for(ctx.settings.project)
+    cancelled_at = datetime.fromisoformat(str(ctx.params["cancelled_at"]))
+    stopped: list[str] = []
+    for record in reg.for_project(project):
+        if record.run_id == ctx.run_id and record.started_at <= cancelled_at:
+            stop_process(record.pid, record.fingerprint)
+            reg.delete(record.project, record.service, pid=record.pid)
+            stopped.append(record.service)
+    return [Outcome("stop.succeeded", ctx.item, {"stopped": sorted(stopped)})]
+
+
 def stop_all(
     settings: HandlerSettings, project: str | None = None, registry: ProcessRegistry | None = None
 ) -> list[str]:

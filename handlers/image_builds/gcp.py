@@ -302,6 +302,26 @@ def _upload(storage: Any, bucket_name: str, object_name: str, fh: IO[bytes], ser
             ) from exc
 
 
+def stop_builds_gcp(ctx: EffectContext, client: Any = None) -> Sequence[Outcome]:
+    """The ``stop`` effect of a cancelled run: cancel its Cloud Builds still queued or working
+    (found by the run's tag), so a cancel stops the work it paid for."""
+    from google.api_core import exceptions as gexc
+
+    project = ctx.settings.project
+    client = client if client is not None else clients_for(ctx.settings).get("cloudbuild")
+    run_tag = build_tags(ctx.run_id, "-", "-")[1]
+    cancelled: list[str] = []
+    try:
+        for build in client.list_builds(project_id=project, filter=f'tags="{run_tag}"'):
+            info = _build_dict(build)
+            if status_name(info.get("status")) in IN_FLIGHT_STATUSES:
+                client.cancel_build(project_id=project, id=info["id"])
+                cancelled.append(str(info["id"]))
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise _api_error(ctx.item or "run", "cancelling the run's builds", exc) from exc
+    return [Outcome("stop.succeeded", ctx.item, {"cancelled_builds": cancelled})]
+
+
 def build_gcp(
     ctx: EffectContext, client: Any = None, storage: Any = None, registry: Any = None
 ) -> Sequence[Outcome]:

@@ -3,6 +3,7 @@ emulators, real processes): success, crash recovery, and the failures users will
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -110,6 +111,47 @@ def test_failing_preflight_fails_the_run_then_retry_after_the_fix(local_settings
     passed = _count(db, local_settings, "e2e-preflight", "preflight.passed")
     assert passed == {"director": 1, "publisher": 1, "subscriber": 1}  # the others were not redone
     assert_consistent(db, local_settings, "e2e-preflight")
+
+
+def test_cancel_kills_a_running_preflight_and_retry_resumes_where_it_stopped(
+    local_settings, db, daemon_factory, workspace
+):
+    """Issue 14: cancel stops work. The publisher's preflight hangs; cancel kills its pytest
+    (not 22 s later: at the next lease renewal), records the cleanup, and a retry resumes in
+    preflight without redoing what had passed."""
+    test_file = workspace / "publisher" / "tests" / "test_preflight.py"
+    original = test_file.read_text()
+    pid_file = workspace / "slow-preflight.pid"
+    test_file.write_text(original + (
+        "\n\ndef test_slow():\n    import os, pathlib, time\n"
+        f"    pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n    time.sleep(300)\n"))
+    daemon_factory(local_settings)
+    _start(local_settings, "e2e-cancel", workspace)
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60, "the slow preflight to start"))
+    publish(local_settings, {"command": "cancel", "run_id": "e2e-cancel"})
+    doc = wait_for(lambda: (d := run_doc(db, local_settings, "e2e-cancel")) and d["status"] == "cancelled" and d,
+                   30, "the run to be cancelled")
+    assert doc["failed_state"] == "preflight"
+    wait_for(lambda: not _alive(pid), 15, "the preflight's pytest to be killed")
+    wait_for(lambda: any(e["type"] == "stop.succeeded" for e in audit(db, local_settings, "e2e-cancel")), 15,
+             "the cancel's cleanup to be recorded")
+    effects = db.collection(local_settings.collection).document("e2e-cancel").collection("effects").stream()
+    assert "pending" not in {e.get("status") for e in effects}
+
+    test_file.write_text(original)
+    publish(local_settings, {"command": "retry", "run_id": "e2e-cancel"})
+    wait_for(lambda: (run_doc(db, local_settings, "e2e-cancel") or {}).get("status") == "succeeded", 150,
+             "the retried run to succeed")
+    assert _count(db, local_settings, "e2e-cancel", "preflight.passed")["publisher"] == 1
+    assert_consistent(db, local_settings, "e2e-cancel")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_failing_build_names_the_service_and_retry_redoes_only_it(local_settings, db, daemon_factory, workspace):

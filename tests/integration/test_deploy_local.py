@@ -20,6 +20,7 @@ import signal
 import tarfile
 import time
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,13 @@ from google.cloud import firestore
 from daemon.config import Settings
 from handlers.base import EffectContext, Outcome
 from handlers.deploy import registry as registry_module
-from handlers.deploy.local import deploy_local, list_processes, secret_env_name, stop_all
+from handlers.deploy.local import (
+    deploy_local,
+    list_processes,
+    secret_env_name,
+    stop_all,
+    stop_run_local,
+)
 from handlers.deploy.registry import COLLECTION, ProcessRegistry, fingerprint, is_alive
 from machines.architecture import load_architecture
 from machines.errors import HandlerError, NotReady
@@ -591,6 +598,43 @@ def test_stop_all_leaves_no_process(
     assert not any(pid_alive(p) for p in pids)
     assert list_processes(settings, project, registry=registry) == []
     assert stop_all(settings, project, registry=registry) == []
+
+
+def test_a_cancelled_runs_stop_ends_only_the_processes_it_started_before_the_cancel(
+    deployer: Deployer,
+    settings: Settings,
+    subscriber_image: str,
+    tmp_path: Path,
+    registry: ProcessRegistry,
+    project: str,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14: cancel stops work. ``stop`` (the cancel's effect) ends the cancelled run's own
+    processes; another run's process, and one its retry started after the cancel, stay."""
+    monkeypatch.setenv(secret_env_name(f"api-token-{unique}"), "t")
+    monkeypatch.setenv(secret_env_name(f"db.password-{unique}"), "p")
+    echo_image = write_artifact(settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN))
+    ours = deployer.deploy("subscriber", subscriber_image).data["pid"]  # run-1
+    ctx = deployer.ctx("echo", echo_image, run_id="run-2")
+    theirs = None
+    while theirs is None:  # deployed by another run
+        try:
+            theirs = deploy_local(ctx, registry=registry)[0].data["pid"]
+        except NotReady:
+            time.sleep(0.2)
+
+    def stop(cancelled_at: datetime) -> list[str]:
+        stop_ctx = dataclasses.replace(deployer.ctx("subscriber", subscriber_image), kind="stop", item="run",
+                                       effect_id="stop:run:a0", params={"cancelled_at": cancelled_at.isoformat()})
+        (outcome,) = stop_run_local(stop_ctx, registry=registry)
+        assert outcome.type == "stop.succeeded"
+        return list(outcome.data["stopped"])
+
+    assert stop(datetime(2000, 1, 1, tzinfo=UTC)) == []  # started after that "cancel": a retry's
+    assert stop(datetime.now(UTC)) == ["subscriber"]
+    assert not pid_alive(ours) and pid_alive(theirs)
+    assert [p["service"] for p in list_processes(settings, project, registry=registry)] == ["echo"]
 
 
 def test_registry_write_is_conditional(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -32,9 +33,10 @@ from pytest_mock import MockerFixture
 from daemon.config import Settings
 from handlers import gcp_clients
 from handlers.base import EffectContext
-from handlers.image_builds.gcp import build_gcp, ensure_repository
+from handlers.image_builds.gcp import build_gcp, ensure_repository, stop_builds_gcp
 from machines.architecture import load_architecture
 from machines.cloud_builds import (
+    PODIUM_TAG,
     TAG_PATTERN,
     build_tags,
     effect_tag,
@@ -743,3 +745,20 @@ def test_a_missing_image_repository_is_created_before_the_first_build(
 
 def test_images_outside_artifact_registry_need_no_repository() -> None:
     ensure_repository(None, "gcr.io/p/publisher:abc", "publisher")  # never touches the client
+
+
+def test_a_cancelled_runs_stop_cancels_its_builds_in_flight(source_root: Path, client: Any) -> None:
+    """Issue 14: cancel stops work. The ``stop`` effect lists the run's builds by its tag and
+    cancels those still queued or working; finished ones are left alone."""
+    run_tag = build_tags("demo-1", "x", "y")[1]
+    client.list_builds.return_value = [
+        cb.Build(id="b-working", status=cb.Build.Status.WORKING, tags=[PODIUM_TAG, run_tag]),
+        cb.Build(id="b-queued", status=cb.Build.Status.QUEUED, tags=[PODIUM_TAG, run_tag]),
+        cb.Build(id="b-done", status=cb.Build.Status.SUCCESS, tags=[PODIUM_TAG, run_tag]),
+    ]
+    ctx = dataclasses.replace(make_ctx(source_root, "run"), kind="stop", effect_id="stop:run:a0")
+    (outcome,) = stop_builds_gcp(ctx, client=client)
+    assert (outcome.type, outcome.data) == ("stop.succeeded", {"cancelled_builds": ["b-working", "b-queued"]})
+    client.list_builds.assert_called_once_with(project_id=PROJECT, filter=f'tags="{run_tag}"')
+    assert [c.kwargs for c in client.cancel_build.call_args_list] == [
+        {"project_id": PROJECT, "id": "b-working"}, {"project_id": PROJECT, "id": "b-queued"}]

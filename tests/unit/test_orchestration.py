@@ -851,19 +851,40 @@ def test_timer_fired_on_a_run_without_timer_is_ignored() -> None:
 # ---- cancel ------------------------------------------------------------------------------
 
 
+def _stop(run: RunState) -> list[EffectSpec]:
+    return [EffectSpec(effect_id=f"stop:run:a{run.attempt}", kind="stop", item="run",
+                       params={"cancelled_at": NOW.isoformat()})]
+
+
 @pytest.mark.parametrize("state", ACTIVE_STATES)
 def test_cancel_from_every_active_state(state: str) -> None:
+    """Cancel ends the run at once; what still runs is stopped by a ``stop`` effect (nothing to
+    stop before the pipeline began), and the state it stopped in is kept for a retry."""
     run = run_at(state)
     d = apply(run, ev("command.cancel"))
-    expect_move(d, state, "cancelled", [], None)
+    started = state not in ("pending", "queued")
+    expect_move(d, state, "cancelled", _stop(run) if started else [], None)
     assert d.run.status == "cancelled"
     assert d.run.error is None
+    assert d.run.failed_state == (state if started else None)
 
 
 def test_cancel_while_polling_clears_the_poll_timer() -> None:
     run = apply(run_at("verifying_dataflow_iam"), ev("iam.bindings_applied", "resources")).run
     d = apply(run, ev("command.cancel"))
-    expect_move(d, "verifying_dataflow_iam", "cancelled", [], None)
+    expect_move(d, "verifying_dataflow_iam", "cancelled", _stop(run), None)
+
+
+def test_a_cancelled_run_records_its_cleanup_and_a_retry_resumes_where_it_stopped() -> None:
+    run = apply(run_at("building"), ev("build.succeeded", "director")).run
+    cancelled = apply(run, ev("command.cancel")).run
+    d = apply(cancelled, ev("stop.succeeded", "run", stopped=["publisher"]))
+    assert (d.to_state, d.run.status) == ("cancelled", "cancelled")  # recorded, still cancelled
+    assert decide(d.run, ev("command.cancel"), NOW).outcome == "ignored"  # a second cancel changes nothing
+    d = apply(d.run, ev("command.retry"))
+    assert (d.from_state, d.to_state, d.run.status, d.run.attempt) == ("cancelled", "building", "running", 1)
+    # The director's build had succeeded: only the others are built again.
+    assert sorted(e.item for e in d.effects if e.kind == "build") == ["publisher", "subscriber"]
 
 
 def _terminal_runs() -> dict[str, RunState]:
@@ -889,9 +910,9 @@ def test_events_on_terminal_runs_are_ignored(terminal: str) -> None:
     run = _terminal_runs()[terminal]
     assert run.state == terminal
     for type_ in ALL_EVENT_TYPES:
-        if (terminal == "failed" and type_ == "command.retry") or (
+        if (terminal in ("failed", "cancelled") and type_ == "command.retry") or (
             terminal != "torn_down" and type_ == "command.teardown"
-        ):
+        ) or (terminal == "cancelled" and type_.startswith("stop.")):
             continue
         for item in (None, "director", "publisher", "tracer"):
             d = decide(run, ev(type_, item, seq=run.timer_seq), NOW)
@@ -1061,10 +1082,11 @@ def test_retry_on_a_running_run_is_ignored(state: str) -> None:
     expect_ignored(decide(run, ev("command.retry"), NOW), run, f"not expected in state '{state}'")
 
 
-@pytest.mark.parametrize("terminal", ["succeeded", "cancelled"])
-def test_retry_on_a_succeeded_or_cancelled_run_is_ignored(terminal: str) -> None:
-    run = _terminal_runs()[terminal]
+def test_retry_on_a_succeeded_run_or_one_cancelled_before_it_began_is_ignored() -> None:
+    run = _terminal_runs()["succeeded"]
     expect_ignored(decide(run, ev("command.retry"), NOW), run, "not expected")
+    never_began = apply(run_at("queued"), ev("command.cancel")).run
+    assert decide(never_began, ev("command.retry"), NOW).outcome == "ignored"
 
 
 def test_retry_of_a_run_that_never_started_is_ignored() -> None:
@@ -1313,11 +1335,12 @@ def test_every_state_is_reachable_in_the_definition() -> None:
                 todo.append(dest)
     assert seen == set(STATES)
     # every active state can fail and be cancelled; an end goes nowhere but to its teardown
-    # (and failed -> retry), and a finished teardown nowhere at all
+    # (and failed or cancelled -> retry), and a finished teardown nowhere at all
     for state in ACTIVE_STATES:
         assert {"failed", "cancelled"} <= edges[state], state
-    assert edges["succeeded"] == edges["cancelled"] == {"removing_services"}
-    assert edges["failed"] == set(ACTIVE_STATES) - {"pending", "queued"}  # retry: back where it failed
+    assert edges["succeeded"] == {"removing_services"}
+    # retry: back where it failed or was cancelled
+    assert edges["failed"] == edges["cancelled"] == set(ACTIVE_STATES) - {"pending", "queued"}
     assert edges["torn_down"] == set()
 
 
