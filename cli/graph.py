@@ -38,8 +38,16 @@ def render(fmt: Format = "mermaid", current: str | None = None) -> str | bytes:
         return str(graph.draw(None))
     if fmt == "dot":
         return str(graph.source)
-    if shutil.which("dot") is None:
-        from machines.errors import PodiumError
+    from machines.errors import PodiumError
 
-        raise PodiumError("PNG needs Graphviz's 'dot' program: apt-get install graphviz (or use --format mermaid|dot)")
-    return bytes(graph.pipe(format="png"))
+    missing = PodiumError("--format png needs Graphviz's `dot` program, which is not on PATH: install Graphviz "
+                          "(apt-get install graphviz, brew install graphviz) or use --format mermaid|dot",
+                          reason="environment")  # the CLI exits 4: an environment problem
+    if shutil.which("dot") is None:
+        raise missing
+    from graphviz import ExecutableNotFound
+
+    try:
+        return bytes(graph.pipe(format="png"))
+    except ExecutableNotFound as exc:  # gone between the check and the call
+        raise missing from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,16 @@ def last_success(settings: Settings, name: str) -> dict[str, Any] | None:
     """The architecture of the newest succeeded run with this name, if Firestore is reachable."""
     if settings.backend != "gcp" and not os.environ.get("FIRESTORE_EMULATOR_HOST"):
         return None
+    from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import firestore
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    client = firestore.Client(project=settings.project)
+    try:
+        client = firestore.Client(project=settings.project)
+    except DefaultCredentialsError:
+        print("podium plan: no Google credentials (nor FIRESTORE_EMULATOR_HOST): not compared with an earlier run",
+              file=sys.stderr)
+        return None
     query = (
         client.collection(settings.collection)
         .where(filter=FieldFilter("architecture_name", "==", name))
@@ -87,10 +94,10 @@ def cmd_plan(settings: Settings, file: str, *, as_json: bool) -> int:
     try:
         arch = load_architecture(path.read_text(encoding="utf-8"), source=str(path))
     except OSError as exc:
-        print(f"podium plan: cannot read {file}: {exc.strerror}")
+        print(f"podium plan: cannot read {file}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     except InvalidArchitecture as exc:
-        print(exc.message)
+        print(exc.message, file=sys.stderr)
         return EXIT_USAGE
     if not arch.project_id:
         arch = arch.model_copy(update={"project_id": settings.project})

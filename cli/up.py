@@ -60,6 +60,14 @@ def working_copy_of_the_example(state_dir: Path) -> Path:
     return target / EXAMPLE_ARCHITECTURE.name
 
 
+def export_line(env: dict[str, str], project: str) -> str:
+    """The shell line that points other ``podium`` verbs at these emulators and this project."""
+    import shlex
+
+    values = {**env, "PODIUM_PROJECT": project}
+    return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in values.items())
+
+
 def up(
     architecture: Path | None = None,
     *,
@@ -83,6 +91,7 @@ def up(
     logs.configure("json", level=30)  # the live view owns the terminal; warnings and errors still show
     with ExitStack() as stack:
         emulators = attach_from_env()
+        started_here = emulators is None
         if emulators is None:
             console.print("starting the Pub/Sub, Firestore and Cloud Storage emulators …")
             emulators = start_emulators(work_dir=state_dir / "emulators")
@@ -94,7 +103,13 @@ def up(
             backend="local", source_root=architecture.parent, state_dir=state_dir, sweep_interval_seconds=0.5
         )
         console.print(f"emulators: pubsub {emulators.pubsub_host}, firestore {emulators.firestore_host}, "
-                      f"storage {emulators.storage_host or '(none)'}")
+                      f"storage {emulators.storage_host or '(none)'}", soft_wrap=True)
+        if started_here:
+            # The other verbs (status, watch, logs, cancel …) in another shell need these, while
+            # this process runs (it stops the emulators when it ends; --keep keeps them).
+            console.print("for podium status/watch/logs/cancel in another shell (while this runs):")
+            console.print(export_line(emulators.env(), settings.project), soft_wrap=True, markup=False,
+                          highlight=False)
         ensure_daemon_plumbing(settings)
         daemon = Daemon(settings, http_port=0)
         daemon.start()
@@ -107,17 +122,20 @@ def up(
             {"command": "start", "run_id": run_id, "architecture_yaml": architecture.read_text(),
              "source_root": str(architecture.parent)},
         )
-        console.print(f"started run [bold]{run_id}[/] of {architecture}")
+        console.print(f"started run [bold]{run_id}[/] of {architecture}", soft_wrap=True)
         doc = _follow(settings, run_id, timeout, console, render_run)
         if doc is None:
-            console.print(f"[red]timed out after {timeout:.0f} s[/]; see `podium status {run_id} --events`")
+            console.print(f"[red]timed out after {timeout:.0f} s[/]; see `podium status {run_id} --events`",
+                          soft_wrap=True)
             return EXIT_TIMEOUT
         console.print(f"Firestore document: {settings.collection}/{run_id} (project {settings.project}, "
-                      f"emulator {emulators.firestore_host}); service logs: {state_dir / 'logs'}")
+                      f"emulator {emulators.firestore_host}); service logs: {state_dir / 'logs'} "
+                      f"(`podium logs {run_id}`)", soft_wrap=True)
         if doc.get("status") != "succeeded":
             err = doc.get("error") or {}
-            console.print(f"[red]run {doc.get('status')} in phase {err.get('state')}: {err.get('reason')}[/]")
-            console.print(str(err.get("message", ""))[:3000])
+            console.print(f"run {doc.get('status')} in phase {err.get('state')}: {err.get('reason')}", style="red",
+                          markup=False)
+            console.print(str(err.get("message", ""))[:3000], markup=False)
             return EXIT_FAILED
         urls = (doc.get("outputs") or {}).get("urls") or {}
         if "subscriber" in urls:  # the example's end-to-end proof; another architecture has its own
@@ -160,8 +178,11 @@ def _follow(settings: Settings, run_id: str, timeout: float, console: Console, r
         latest["events"] = sorted((s.to_dict() for s in snaps), key=lambda e: str(e.get("received_at")))[-5:]
         changed.set()
 
+    from cli.watch import finish_live
+
     watches = [ref.on_snapshot(on_doc), ref.collection("events").on_snapshot(on_events)]
     started = time.monotonic()
+    ended: dict[str, Any] | None = None
     try:
         with Live(render(latest["doc"], [], started), console=console, refresh_per_second=4) as live:
             while time.monotonic() - started < timeout:
@@ -170,8 +191,10 @@ def _follow(settings: Settings, run_id: str, timeout: float, console: Console, r
                 doc = dict(latest["doc"])
                 live.update(render(doc, list(latest["events"]), started))
                 if doc.get("status") in ("succeeded", "failed", "cancelled"):
-                    return doc
-        return None
+                    ended = doc
+                    break
+        finish_live(console)  # what is printed next starts on a line of its own
+        return ended
     finally:
         for w in watches:
             w.unsubscribe()

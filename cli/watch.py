@@ -11,12 +11,15 @@ from google.cloud import firestore
 
 from daemon.config import Settings
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "torn_down")
 RECHECK_SECONDS = 5.0
 
 
 def wait_for_end(settings: Settings, run_id: str, *, timeout: float, quiet: bool = False) -> int:
-    """Block until the run reaches a terminal status. Exit code 0/1 by status, 3 on timeout."""
+    """Block until the run reaches a terminal status. Exit code 0/1 by status, 3 on timeout.
+
+    A run that did not succeed is explained on stderr (quiet or not): its status, the state
+    that failed, the reason and the head of the message."""
     client = firestore.Client(project=settings.project)
     done = threading.Event()
     last: dict[str, Any] = {}
@@ -27,7 +30,8 @@ def wait_for_end(settings: Settings, run_id: str, *, timeout: float, quiet: bool
                 continue
             doc = snap.to_dict() or {}
             if not quiet and doc.get("state") != last.get("state"):
-                print(f"{time.strftime('%H:%M:%S')} {run_id}: {doc.get('state')} ({doc.get('status')})", flush=True)
+                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {run_id}: {doc.get('state')} ({doc.get('status')})",
+                      flush=True)
             last.clear()
             last.update(doc)
             if doc.get("status") in TERMINAL:
@@ -41,40 +45,81 @@ def wait_for_end(settings: Settings, run_id: str, *, timeout: float, quiet: bool
         # stream that dropped an update (seen with the emulator under load).
         while not done.wait(min(RECHECK_SECONDS, max(deadline - time.monotonic(), 0))):
             if time.monotonic() >= deadline:
+                print(f"podium: run {run_id} has not ended within {timeout:.0f} s "
+                      f"(state {last.get('state')}); follow it with `podium watch {run_id}`", file=sys.stderr)
                 return 3
             snap = ref.get()
             if snap.exists and (snap.to_dict() or {}).get("status") in TERMINAL:
                 on_snapshot([snap], None, None)
     finally:
         watch.unsubscribe()
-    return 0 if last.get("status") == "succeeded" else 1
+    if last.get("status") == "succeeded":
+        return 0
+    explain_end(run_id, last)
+    return 1
 
 
-def render_run(doc: dict[str, Any], events: list[dict[str, Any]], started: float) -> Any:
-    """A rich renderable of one run: state, per-phase/per-item progress, elapsed, last events."""
+def explain_end(run_id: str, doc: dict[str, Any]) -> None:
+    """Why a run did not succeed, on stderr: status, then the error's state, reason and message head."""
+    from cli.status import error_lines
+
+    err = doc.get("error") or {}
+    print(f"run {run_id} {doc.get('status')} (state {doc.get('state')})", file=sys.stderr)
+    if err:
+        print("\n".join(error_lines(err)), file=sys.stderr)
+    print(f"details: podium status {run_id} --events", file=sys.stderr)
+
+
+def finish_live(console: Any) -> None:
+    """End a ``rich.live.Live`` display with a newline: rich adds one only on a terminal, so
+    piped or captured output ran the live view's last line into the next print."""
+    if not console.is_terminal:
+        console.line()
+
+
+def elapsed(doc: dict[str, Any], started: float | None = None) -> str:
+    """The run's own elapsed time: created_at to updated_at once it ended, else to now (or,
+    without created_at, the time since ``started``, a ``time.monotonic()``)."""
+    from datetime import UTC, datetime
+
+    from cli.status import as_datetime, duration
+
+    created = as_datetime(doc.get("created_at"))
+    if created is None:
+        return duration(time.monotonic() - started) if started is not None else "-"
+    end = as_datetime(doc.get("updated_at")) if doc.get("status") in TERMINAL else None
+    return duration(((end or datetime.now(UTC)) - created).total_seconds())
+
+
+def render_run(doc: dict[str, Any], events: list[dict[str, Any]], started: float | None = None) -> Any:
+    """A rich renderable of one run: state, per-phase/per-item progress in pipeline order, the
+    run's own elapsed time (from its document), the last events with their date."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    colour = {"succeeded": "green", "failed": "red", "running": "yellow", "pending": "dim", "cancelled": "magenta"}
+    from cli.status import STATUS_COLOUR, error_lines, ordered_progress, stamp
+
+    colour = {**STATUS_COLOUR, "pending": "dim"}
     head = Text.assemble(
         (f"{doc.get('run_id')}  ", "bold"),
         (f"{doc.get('state')}", colour.get(str(doc.get("status")), "white")),
-        f"  status={doc.get('status')}  version={doc.get('version')}  elapsed={time.monotonic() - started:.0f}s",
+        f"  status={doc.get('status')}  version={doc.get('version')}  elapsed={elapsed(doc, started)}",
     )
     table = Table("phase", "items", box=None, pad_edge=False)
-    for phase, items in (doc.get("progress") or {}).items():
+    for phase, items in ordered_progress(doc.get("progress")):
         cells = Text()
         for name, status in sorted(items.items()):
-            cells.append(f"{name}:{status}  ", colour.get(status, "white"))
+            cells.append(f"{name}:{status}  ", colour.get(str(status), "white"))
         table.add_row(phase, cells)
     parts: list[Any] = [head, table]
     if doc.get("error"):
-        err = doc["error"]
-        parts.append(Text(f"error in {err.get('state')}: {err.get('reason')}: {err.get('message')}", "red"))
+        lines = error_lines(doc["error"], head=10)
+        parts.append(Text(lines[0], "red"))
+        parts.extend(Text(line) for line in lines[1:])
     for e in events[-5:]:
-        parts.append(Text(f"  {str(e.get('received_at'))[11:19]} {e.get('type')} {e.get('item') or ''} "
-                          f"{e.get('outcome')} {e.get('detail') or ''}"[:120], "dim"))
+        parts.append(Text(f"  {stamp(e.get('received_at'))} {e.get('type')} {e.get('item') or ''} "
+                          f"{e.get('outcome')} {e.get('detail') or ''}"[:140], "dim"))
     return Group(*parts)
 
 
@@ -104,9 +149,12 @@ def watch_run(settings: Settings, run_id: str, *, timeout: float, as_json: bool 
                 done.set()
             changed.set()
 
+    events_seen = threading.Event()
+
     def on_events(snaps: list[Any], _c: Any, _t: Any) -> None:
         with lock:
             state["events"] = [s.to_dict() for s in snaps]
+        events_seen.set()
         changed.set()
 
     watches = [
@@ -119,27 +167,34 @@ def watch_run(settings: Settings, run_id: str, *, timeout: float, as_json: bool 
     try:
         if as_json:
             last_state = None
-            while not done.is_set() and time.monotonic() < deadline:
-                changed.wait(0.5)
-                changed.clear()
+            while time.monotonic() < deadline:
+                ended = done.is_set()  # read before the document: its terminal state is printed too
                 with lock:
                     doc = dict(state["doc"])
                 if doc.get("state") != last_state:
                     last_state = doc.get("state")
                     print(json.dumps({"run_id": run_id, "state": doc.get("state"), "status": doc.get("status"),
                                       "version": doc.get("version")}), flush=True)
+                if ended:
+                    break
+                changed.wait(0.5)
+                changed.clear()
         else:
-            with Live(console=Console(), refresh_per_second=4, transient=False) as live:
+            console = Console()
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while not done.is_set() and time.monotonic() < deadline:
                     changed.wait(0.25)
                     changed.clear()
                     with lock:
                         live.update(render_run(dict(state["doc"]), list(state["events"]), started))
+                events_seen.wait(2.0)  # a run that had already ended: its last events in the final view
                 with lock:
                     live.update(render_run(dict(state["doc"]), list(state["events"]), started))
+            finish_live(console)
     finally:
         for w in watches:
             w.unsubscribe()
     if not done.is_set():
+        print(f"podium watch: run {run_id} has not ended within {timeout:.0f} s", file=sys.stderr)
         return 3
     return 0 if state["doc"].get("status") == "succeeded" else 1

@@ -198,13 +198,17 @@ class Engine:
 
     def _command(self, msg: Inbound) -> Applied:
         command = parse_command(msg.data)
-        run_id = command.run_id or msg.message_id
+        # A replayed command (`podium replay`) keeps the identity of the message it replays: a
+        # start without run_id names the same run, a cancel or retry is the same event (dedup).
+        replayed = msg.attributes.get("podium_replay_of", "")
+        origin = replayed if is_valid_run_id(replayed) else msg.message_id
+        run_id = command.run_id or origin
         if not is_valid_run_id(run_id):
             raise InvalidMessage(f"run id {run_id!r} is not usable as a document id")
         structlog.contextvars.bind_contextvars(run_id=run_id)
         if isinstance(command, StartCommand):
             return self._start(run_id, command, msg)
-        event = Event(run_id=run_id, event_id=f"cmd~{msg.message_id}", type=f"command.{command.command}")
+        event = Event(run_id=run_id, event_id=f"cmd~{origin}", type=f"command.{command.command}")
         return self.store.apply(event, msg.message_id)
 
     def _start(self, run_id: str, command: StartCommand, msg: Inbound) -> Applied:

@@ -32,7 +32,7 @@ from tests.integration.conftest import (
 ARCHITECTURE = TESTDATA / "architecture.yaml"
 # Valid YAML, invalid architecture: the run is created and fails with every problem listed.
 BROKEN = "name: demo\nproject_id: podium-local\ndataflows:\n  d:\n    services:\n      s:\n        name: s\n"
-COMMANDS = ["serve", "start", "status", "cancel", "retry", "watch", "plan", "up", "down", "graph"]
+COMMANDS = ["serve", "start", "status", "cancel", "retry", "watch", "logs", "plan", "up", "down", "graph"]
 
 
 @pytest.fixture
@@ -212,7 +212,7 @@ def test_status_lists_runs_and_shows_one_with_its_events(env, db, daemon_factory
     code, out, _err = run(capsys, "status")  # the table
     assert code == 0 and "st-ok" in out and "st-bad" in out
     code, out, _err = run(capsys, "status", "st-ok", "--events")
-    assert code == 0 and "state=succeeded" in out and "outcome" in out  # the audit table's header
+    assert code == 0 and "state=succeeded" in out and "OUTCOME" in out  # the audit table's header
 
 
 def test_status_of_an_unknown_run_exits_2(env, capsys):
@@ -330,10 +330,10 @@ def test_retry_of_a_failed_run_redrives_it(env, db, daemon_factory, capsys):
     assert (out["from"], out["to"], out["status"], out["outcome"]) == ("failed", "awaiting_director", "running",
                                                                        "applied")
     assert wait_status(db, env, "retry-cli")["status"] == "succeeded"
-    # cancelling a run that has ended is refused by the machine, and said so
+    # cancelling a run that has ended is refused (without publishing: the machine would ignore it), and said so
     code, out = json_out(capsys, "cancel", "retry-cli", "--json", "--timeout", "30")
     assert code == cli.EXIT_RUN_FAILED
-    assert out["outcome"] == "ignored" and out["status"] == "succeeded"
+    assert out["outcome"] == "refused" and out["status"] == "succeeded" and out["message_id"] is None
 
 
 # ---- graph ---------------------------------------------------------------------------------

@@ -473,3 +473,33 @@ def test_sizes_and_result_lines_read_well() -> None:
     line = describe(ReplayResult("d-1", "replayed", "9 bytes republished to t", "t", "m-2"))
     assert line == "d-1: replayed as message m-2 (9 bytes republished to t)"
     assert describe(ReplayResult("x", "failed", "why")) == "x: FAILED: why"
+
+
+class _CommandStore:
+    """Just enough of RunStore for a command: the events it is asked to apply."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def apply(self, event: Any, message_id: str) -> Any:
+        from daemon.store import Applied
+
+        self.events.append(event)
+        return Applied("applied", event.run_id)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "event_id"),
+    [({}, "cmd~m-9"), ({"podium_replay_of": "1234"}, "cmd~1234"), ({"podium_replay_of": "no/slash"}, "cmd~m-9")],
+    ids=["original", "replayed", "unusable-origin"],
+)
+def test_a_replayed_command_keeps_the_identity_of_the_message_it_replays(
+    attributes: dict[str, str], event_id: str
+) -> None:
+    from daemon.config import Settings
+    from daemon.engine import Engine, Inbound
+
+    store = _CommandStore()
+    engine = Engine(Settings(), store)  # type: ignore[arg-type]
+    engine.on_command(Inbound("m-9", json.dumps({"command": "cancel", "run_id": "r-1"}).encode(), attributes))
+    assert [e.event_id for e in store.events] == [event_id]  # a second replay is the same event: a duplicate
