@@ -7,9 +7,18 @@ STAMP  := $(VENV)/.installed
 WITH_EMULATORS := $(PY) -m devtools.emulators run --
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint run bench clean
+.PHONY: venv test lint run bench clean browser
 
 venv: $(STAMP)
+
+# The dashboard's browser test (tests/dashboard) drives Debian's headless Chromium through
+# chromium-driver; installed here when missing (as root, or through sudo).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing chromium and chromium-driver for the dashboard's browser test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 # Re-install only when pyproject.toml is newer than the stamp.
 $(STAMP): pyproject.toml
@@ -17,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-test: venv lint
+test: venv lint browser
 	$(WITH_EMULATORS) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -114,6 +114,8 @@ def up(
         daemon = Daemon(settings, http_port=0)
         daemon.start()
         stack.callback(daemon.stop)
+        if settings.dashboard:
+            console.print(f"dashboard: {daemon.dashboard_url}", soft_wrap=True)
         stack.callback(_stop_services, settings, console)
 
         run_id = run_id or time.strftime("demo-%Y%m%d-%H%M%S")

@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     push_audience: str | None = None
     push_service_account: str | None = None
 
+    # The dashboard (daemon/dashboard/, served at /dashboard/ on the HTTP port). Without an
+    # identity check (local backend, no audience) it answers loopback clients only; in gcp mode,
+    # or once dashboard_audience is set, every request needs a Google-signed identity (an IAP
+    # assertion or an OIDC bearer token of that audience) whose email dashboard_users allows:
+    # comma-separated emails and domain:example.com entries. Unconfigured, it refuses everyone.
+    dashboard: bool = True
+    dashboard_audience: str | None = None
+    dashboard_users: str = ""
+    dashboard_max_streams: int = Field(default=32, ge=1)  # open live streams (browser tabs), all visitors
+
     # Effect runner (not contract): start-to-close deadline per effect kind in seconds (kinds
     # not named keep the defaults of daemon/effect_dispatch.py ``deadline_for``), the most effects one
     # replica holds in memory, and how long the oldest effect may wait for a worker of a fully

@@ -1,7 +1,16 @@
-"""HTTP surface of the daemon: ``GET /healthz`` and ``POST /pubsub/push``.
+"""HTTP surface of the daemon: ``GET /healthz``, ``POST /pubsub/push`` and the dashboard.
 
-Bound to ``settings.host`` (loopback unless ``PODIUM_HOST`` says otherwise); the push endpoint
-exists only with ``PODIUM_DELIVERY=push`` (404 otherwise).
+One ASGI app (Starlette) served by uvicorn, on the one port Cloud Run exposes, bound to
+``settings.host`` (loopback unless ``PODIUM_HOST`` says otherwise). The push endpoint exists
+only with ``PODIUM_DELIVERY=push`` (404 otherwise); the dashboard (``daemon/dashboard/``,
+``/dashboard/``) only when one is given, behind its own access check.
+
+Why ASGI rather than ``http.server``: the dashboard holds a server-sent-events stream open per
+browser tab. On a threading ``http.server`` each stream pins a thread, and routing, request
+bodies, streaming, disconnect detection and static files would all be hand-written; Starlette
+does those, uvicorn serves them from one event loop, and the blocking work (the engine's
+Firestore transaction, token verification) runs in Starlette's thread pool exactly as it ran
+on the request threads before.
 
 Push envelopes go through the same engine as pulled messages: 2xx only after commit (or
 after a reject was recorded), 400 for an envelope that is not one (recorded too), 5xx for a
@@ -14,20 +23,39 @@ import base64
 import binascii
 import hashlib
 import json
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from daemon.config import Settings
 from daemon.engine import Engine, Inbound, Verdict
 
+if TYPE_CHECKING:
+    from daemon.dashboard import Dashboard
+
 log = structlog.get_logger("podium.http")
 
 TokenVerifier = Callable[[str | None], tuple[int, str] | None]  # None = ok, else (status, reason)
+
+STOP_TIMEOUT_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Where the server listens; ``server_address`` as ``socketserver`` names it."""
+
+    server_address: tuple[Any, ...]
 
 
 class DaemonHTTP:
@@ -38,14 +66,24 @@ class DaemonHTTP:
         healthy: Callable[[], bool],
         verify_token: TokenVerifier | None = None,
         port: int | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.healthy = healthy
-        self.verify_token = verify_token
-        address = (settings.host, settings.port if port is None else port)
-        self.server = ThreadingHTTPServer(address, self._handler())
-        self.server.daemon_threads = True
+        self.verify_token = verify_token  # read on every request (tests swap it)
+        self.dashboard = dashboard
+        # Bound here, as before: a taken port fails the daemon's construction, and port 0's
+        # ephemeral port is known before start().
+        self._socket = _listen(settings.host, settings.port if port is None else port)
+        self.server = Listening(self._socket.getsockname())
+        self.app = Starlette(routes=self._routes(), exception_handlers={HTTPException: _http_error})
+        # proxy_headers off: the peer address is the connection's (the dashboard's loopback check).
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off", http="h11", ws="none",
+                                loop="asyncio", proxy_headers=False, timeout_graceful_shutdown=1,
+                                timeout_keep_alive=5)
+        config.load()  # its imports happen here, not in start(): starting stays as quick as it was
+        self._uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
@@ -53,71 +91,78 @@ class DaemonHTTP:
         return int(self.server.server_address[1])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        """Serve from a thread of its own. Returns at once: the socket already listens, so a
+        request that arrives before the event loop runs waits in the backlog, not refused."""
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._thread.start()
 
+    def _serve(self) -> None:
+        try:
+            self._uvicorn.run(sockets=[self._socket])
+        except BaseException as exc:  # the daemon goes on without HTTP: /healthz's silence tells
+            log.critical("the HTTP server stopped", error=repr(exc))
+            raise
+
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.dashboard is not None:
+            self.dashboard.close()  # ends the event streams, so the server need not wait for them
+        self._uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(STOP_TIMEOUT_SECONDS)
+        self._socket.close()
 
     def route_for(self, subscription: str) -> Callable[[Inbound], Verdict] | None:
         route = self.engine.routes().get(subscription.rsplit("/", 1)[-1])
         return route[1] if route else None
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        outer = self
+    # ---- the app ---------------------------------------------------------------------------
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-                return
+    def _routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = [
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/pubsub/push", self._push, methods=["POST"]),
+        ]
+        if self.dashboard is not None:
+            routes += self.dashboard.routes()
+        return routes
 
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    def _healthz(self, _request: Request) -> Response:  # sync: Starlette runs it in its thread pool
+        if self.healthy():
+            return JSONResponse({"status": "ok"})
+        why = getattr(self.healthy, "why", None)  # daemon/server.py Health says why
+        reason = (why() if callable(why) else None) or "unhealthy"
+        return JSONResponse({"status": "starting" if reason == "starting" else "unhealthy", "reason": reason},
+                            status_code=503)
 
-            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-                if self.path.split("?")[0] == "/healthz":
-                    if outer.healthy():
-                        return self._send(200, {"status": "ok"})
-                    why = getattr(outer.healthy, "why", None)  # daemon/server.py Health says why
-                    reason = (why() if callable(why) else None) or "unhealthy"
-                    self._send(503, {"status": "starting" if reason == "starting" else "unhealthy", "reason": reason})
-                else:
-                    self._send(404, {"error": "not found"})
+    async def _push(self, request: Request) -> Response:
+        # Served only in push delivery: a pulling daemon has no reason to accept messages
+        # from whoever reaches its port (outside gcp mode nothing checks a token).
+        if self.settings.delivery != "push":
+            return _closing(404, {"error": "not found"})  # the body is not read
+        try:
+            length = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            return _closing(400, {"error": "bad Content-Length"})
+        if length < 0 or length > MAX_PUSH_BYTES:
+            return _closing(413, {"error": f"body of {length} bytes is not a push envelope"})
+        raw = await _read_body(request, MAX_PUSH_BYTES)
+        if raw is None:  # chunked, and longer than any envelope
+            return _closing(413, {"error": f"body over {MAX_PUSH_BYTES} bytes is not a push envelope"})
+        status, body = await run_in_threadpool(self._push_checked, raw, request.headers.get("authorization"))
+        return JSONResponse(body, status_code=status)
 
-            def do_POST(self) -> None:  # noqa: N802
-                # Served only in push delivery: a pulling daemon has no reason to accept messages
-                # from whoever reaches its port (outside gcp mode nothing checks a token).
-                if self.path.split("?")[0] != "/pubsub/push" or outer.settings.delivery != "push":
-                    self.close_connection = True  # the body is not read
-                    return self._send(404, {"error": "not found"})
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    self.close_connection = True
-                    return self._send(400, {"error": "bad Content-Length"})
-                if length < 0 or length > MAX_PUSH_BYTES:
-                    self.close_connection = True
-                    return self._send(413, {"error": f"body of {length} bytes is not a push envelope"})
-                # Read the body before any answer: closing with unread bytes resets the connection.
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    if outer.verify_token is not None:
-                        refused = outer.verify_token(self.headers.get("Authorization"))
-                        if refused is not None:
-                            log.warning("push refused", status=refused[0], reason=refused[1])
-                            return self._send(refused[0], {"error": refused[1]})
-                    status, body = outer.push(raw)
-                except Exception as exc:  # noqa: BLE001 - the boundary: answer, so Pub/Sub retries
-                    log.exception("push failed", error=repr(exc))
-                    status, body = 500, {"error": "internal error; retry"}
-                self._send(status, body)
-
-        return Handler
+    def _push_checked(self, raw: bytes, authorization: str | None) -> tuple[int, dict[str, Any]]:
+        try:
+            verify = self.verify_token
+            if verify is not None:
+                refused = verify(authorization)
+                if refused is not None:
+                    log.warning("push refused", status=refused[0], reason=refused[1])
+                    return refused[0], {"error": refused[1]}
+            return self.push(raw)
+        except Exception as exc:  # noqa: BLE001 - the boundary: answer, so Pub/Sub retries
+            log.exception("push failed", error=repr(exc))
+            return 500, {"error": "internal error; retry"}
 
     def push(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         """Handle one push envelope; returns (HTTP status, JSON body).
@@ -154,6 +199,44 @@ class DaemonHTTP:
 
 
 MAX_PUSH_BYTES = 16 * 1024 * 1024  # a 10 MB message is ~13.4 MB in base64, plus the envelope
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server did
+        sock.bind(address)
+        sock.listen(128)  # connections queue even before the event loop runs
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` bytes (what is left is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _closing(status: int, body: dict[str, Any]) -> Response:
+    """An answer after which the connection closes (its request body may be left unread)."""
+    return JSONResponse(body, status_code=status, headers={"Connection": "close"})
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    text = {404: "not found", 405: "method not allowed"}.get(status, str(getattr(exc, "detail", "error")))
+    return JSONResponse({"error": text}, status_code=status, headers=getattr(exc, "headers", None))
 
 
 class InvalidEnvelope(ValueError):

@@ -1,6 +1,7 @@
 """``podium serve``: wires store, engine, effects, timers, intake and HTTP into one process.
 
-Start order: plumbing → store → effects → timers → HTTP → intake (work arrives last).
+Start order: plumbing → store → effects → timers → HTTP (health, push, the dashboard) → intake
+(work arrives last).
 Stop order (SIGTERM; Cloud Run kills 10 s later): stop pulling → stop timers → hand back
 queued effects and wait for running ones → stop HTTP. The whole stop is bounded.
 """
@@ -17,6 +18,7 @@ from google.cloud import firestore
 
 from daemon import backends, logs
 from daemon.config import Settings
+from daemon.dashboard import Dashboard
 from daemon.effects import EffectRunner
 from daemon.engine import Engine
 from daemon.http import DaemonHTTP
@@ -57,7 +59,8 @@ class Daemon:
         self.timers = TimerSweep(self.engine, settings.sweep_interval_seconds)
         self.intake = PullIntake(settings, self.engine)
         self.healthy = Health(self)
-        self.http = DaemonHTTP(settings, self.engine, self.healthy, verify_token=make_verifier(settings), port=http_port)
+        self.http = DaemonHTTP(settings, self.engine, self.healthy, verify_token=make_verifier(settings), port=http_port,
+                               dashboard=Dashboard(settings) if settings.dashboard else None)
         self._stopped = threading.Event()
         self._started = False
 
@@ -80,6 +83,13 @@ class Daemon:
         self._started = True
         log.info("daemon started", replica=self.settings.replica_id, backend=self.settings.backend,
                  port=self.http.port, project=self.settings.project)
+        if self.settings.dashboard:
+            log.info("dashboard", url=self.dashboard_url)
+
+    @property
+    def dashboard_url(self) -> str:
+        host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.http.port}/dashboard/"
 
     def stop(self) -> None:
         if self._stopped.is_set():
