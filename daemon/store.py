@@ -25,15 +25,13 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from daemon import rejected
 from daemon.store_leases import EffectLeases, utcnow
-from daemon.store_targets import MAX_QUEUE, TargetLock, Targets
+from daemon.store_targets import Targets, start_on_busy_target
 from handlers.base import outcome_mismatch
 from machines.errors import UnknownRun
 from machines.messages import EffectSpec, Event, RunState, RunView
 from machines.orchestration import (
-    TERMINAL_STATES,
     Decision,
     decide,
-    queued_start,
     rejected_start,
     start_run,
 )
@@ -187,7 +185,7 @@ class RunStore(EffectLeases):
                 return Applied("duplicate", run_id, "run already exists")
             busy = lock is not None and lock.busy_for(run_id)
             if busy and lock is not None and not self.targets.holder_ended(transaction, lock):
-                decision = self._start_on_busy_target(run_id, plan, limits, now, lock, if_busy)
+                decision = start_on_busy_target(run_id, plan, limits, now, lock, if_busy)
             elif invalid is not None:
                 decision = rejected_start(run_id, invalid[0], invalid[1], now)
             else:
@@ -213,21 +211,6 @@ class RunStore(EffectLeases):
 
         with self._serial(run_id):
             return tx(self.client.transaction())
-
-    @staticmethod
-    def _start_on_busy_target(
-        run_id: str, plan: Mapping[str, Any] | None, limits: Mapping[str, timedelta], now: datetime,
-        lock: TargetLock, if_busy: str,
-    ) -> Decision:
-        busy = f"target {lock.target} is busy with run {lock.holder}"
-        if if_busy == "fail":
-            return rejected_start(run_id, "target_busy", f"{busy} (started with if_busy=fail)", now)
-        if len(lock.queue) >= MAX_QUEUE:
-            return rejected_start(run_id, "target_busy", f"{busy} and {len(lock.queue)} runs wait for it", now)
-        assert plan is not None and lock.holder is not None
-        decision = queued_start(run_id, plan, limits, now, lock.holder)
-        return Decision(decision.outcome, decision.from_state, decision.to_state, decision.run, decision.effects,
-                        f"queued: {busy}")
 
     def apply(self, event: Event, message_id: str) -> Applied:
         """Apply one event to its run in one transaction.
@@ -273,7 +256,7 @@ class RunStore(EffectLeases):
                 return Applied("duplicate", event.run_id, "already applied", settled_effect=effect_id)
             run = run_state(doc)
             target = doc.get("target") if isinstance(doc.get("target"), str) else None
-            lock, event_now, busy = self._target_before(transaction, run, event, target)
+            lock, event_now, busy = self.targets.before_decision(transaction, run, event, target)
             if busy:  # a retry or teardown must wait until the target is free: nothing changes
                 transaction.set(
                     run_ref.collection(EVENTS).document(f"{event.event_id}~ign~{message_id}"),
@@ -289,7 +272,7 @@ class RunStore(EffectLeases):
                 filter=FieldFilter("status", "==", "pending"))))
                 if decision.applied and decision.to_state == "cancelled" else [])
             if decision.applied and target is not None:
-                lock = self._target_after(transaction, decision, target, lock, now)
+                self.targets.after_decision(transaction, decision, target, lock, now)
             if decision.applied:
                 fields = run_fields(decision.run)
                 # Only the fields this transition changed (always version and updated_at): the
@@ -314,45 +297,6 @@ class RunStore(EffectLeases):
 
         with self._serial(event.run_id):
             return tx(self.client.transaction())
-
-    def _target_before(
-        self, transaction: firestore.Transaction, run: RunState, event: Event, target: str | None
-    ) -> tuple[TargetLock | None, Event, str]:
-        """Read the target's lock when ``event`` may need it: a queued run's wake-up (which
-        becomes ``target.acquired`` once the target is this run's), or a retry or teardown that
-        makes a finished run active again (refused while another run holds the target: the
-        third value says why). Reads only: the writes come after the decision."""
-        if target is None:
-            return None, event, ""
-        if run.state == "queued" and event.type == "timer.fired":
-            if run.timer is None or event.data.get("seq") != run.timer.seq:
-                return None, event, ""  # a stale wake-up: the machine ignores it
-            lock = self.targets.read(transaction, target)
-            first = not lock.queue or lock.queue[0] == run.run_id
-            if lock.holder == run.run_id or (first and self.targets.holder_ended(transaction, lock)):
-                return lock, Event(run_id=run.run_id, event_id=event.event_id, type="target.acquired"), ""
-            return lock, event, ""
-        if run.state in TERMINAL_STATES and event.type in ("command.retry", "command.teardown"):
-            lock = self.targets.read(transaction, target)
-            if lock.busy_for(run.run_id) and not self.targets.holder_ended(transaction, lock):
-                return lock, event, f"target {target} is busy with run {lock.holder}; {event.type} again when it ends"
-            return lock, event, ""
-        return None, event, ""  # anything else reads the lock after the decision, only if the run ends
-
-    def _target_after(
-        self, transaction: firestore.Transaction, decision: Decision, target: str, lock: TargetLock | None,
-        now: datetime,
-    ) -> TargetLock | None:
-        """The lock writes of an applied decision: taken when a run becomes active, released
-        (handed to the next queued run) when it ends."""
-        ended = decision.to_state in TERMINAL_STATES and decision.from_state not in TERMINAL_STATES
-        active = decision.to_state not in TERMINAL_STATES and decision.to_state != "queued"
-        if ended:
-            lock = lock or self.targets.read(transaction, target)
-            self.targets.release(transaction, lock, decision.run.run_id, now)
-        elif active and lock is not None:
-            self.targets.acquire(transaction, lock, decision.run.run_id, now)
-        return lock
 
     def _write_effects(
         self, transaction: firestore.Transaction, run_ref: Any, effects: Sequence[EffectSpec], now: datetime
