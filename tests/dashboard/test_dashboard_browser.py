@@ -50,12 +50,28 @@ def browser() -> Iterator[object]:
 
 
 def text_of(driver, css: str) -> str:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    """The element's text ('' if there is none), read again if the page re-rendered it meanwhile."""
+    from selenium.common.exceptions import NoSuchElementException
 
     try:
-        return str(driver.find_element("css selector", css).text).strip()
-    except (NoSuchElementException, StaleElementReferenceException):
+        return str(settled(lambda: driver.find_element("css selector", css).text)).strip()
+    except NoSuchElementException:
         return ""
+
+
+def settled(read, timeout: float = 5.0):
+    """``read()`` again while the live page replaces the elements it was reading (each update
+    re-renders a section, so a reference found a moment ago may be stale)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read()
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def wait_until(predicate, timeout: float, what: str, driver=None):
@@ -90,7 +106,7 @@ def test_a_real_run_followed_live_in_headless_chromium(local_settings, db, daemo
     assert "podium-local" in text_of(driver, row)
 
     # The run page, reached by its link while the run is still running.
-    driver.find_element("css selector", f"{row} a.run-link").click()
+    settled(lambda: driver.find_element("css selector", f"{row} a.run-link").click())
     wait_until(lambda: text_of(driver, "#run-id") == RUN, 10, "the run page", driver)
     driver.execute_script("window.podiumMarker = 'run'")
     seen: list[str] = []
@@ -102,7 +118,7 @@ def test_a_real_run_followed_live_in_headless_chromium(local_settings, db, daemo
         return value
 
     wait_until(lambda: status() == "running", 15, "the page to show the run running", driver)
-    assert text_of(driver, "#cancel") and driver.find_element("css selector", "#cancel").is_enabled()
+    assert text_of(driver, "#cancel") and settled(lambda: driver.find_element("css selector", "#cancel").is_enabled())
     wait_until(lambda: status() in ("succeeded", "failed", "cancelled"), 90, "the run to end on the page", driver)
     assert seen[-1] == "succeeded", (seen, text_of(driver, "#error"))
     assert driver.execute_script("return window.podiumMarker") == "run", "the run page was reloaded"
@@ -112,18 +128,20 @@ def test_a_real_run_followed_live_in_headless_chromium(local_settings, db, daemo
     doc = db.collection(local_settings.collection).document(RUN).get().to_dict()
     assert text_of(driver, "#run-state") == doc["state"] == "succeeded"
     # the machine's graph (Graphviz's and/or the page's drawing), the current state highlighted
-    current = driver.find_elements("css selector", "#graph g.node.current")
-    assert current and {c.find_element("css selector", "title").get_attribute("textContent").strip()
-                        for c in current} == {"succeeded"}
-    drawn = {n.find_element("css selector", "title").get_attribute("textContent").strip()
-             for n in driver.find_elements("css selector", "#graph g.node")}
+    def titles(css: str) -> set[str]:
+        return {n.find_element("css selector", "title").get_attribute("textContent").strip()
+                for n in driver.find_elements("css selector", css)}
+
+    assert settled(lambda: titles("#graph g.node.current")) == {"succeeded"}
+    drawn = settled(lambda: titles("#graph g.node"))
     assert {"pending", "generating_config", "dependent_setup", "succeeded", "failed", "cancelled"} <= drawn
     for phase, items in doc["progress"].items():
         for item, item_status in items.items():
             chip = f'#progress [data-phase="{phase}"] [data-item="{item}"] .item-status'
             assert text_of(driver, chip) == item_status, (phase, item)
     subscriber_url = doc["outputs"]["urls"]["subscriber"]
-    links = [a.get_attribute("href").rstrip("/") for a in driver.find_elements("css selector", "#output-urls a")]
+    links = settled(lambda: [a.get_attribute("href").rstrip("/")
+                             for a in driver.find_elements("css selector", "#output-urls a")])
     assert subscriber_url.rstrip("/") in links
     resources = text_of(driver, "#output-resources")
     assert "tracer-topic" in resources and "pubsub_topic" in resources
@@ -132,7 +150,7 @@ def test_a_real_run_followed_live_in_headless_chromium(local_settings, db, daemo
                10, "every audit record on the page", driver)
     audit = text_of(driver, "#audit")
     assert "command.start" in audit and "director.dependent_complete" in audit
-    assert not driver.find_element("css selector", "#cancel").is_enabled()  # nothing to cancel any more
+    assert not settled(lambda: driver.find_element("css selector", "#cancel").is_enabled())  # nothing to cancel
     assert text_of(driver, "#live") == "live"
 
     shot = tmp_path / "dashboard.png"
