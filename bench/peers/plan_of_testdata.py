@@ -1,0 +1,26 @@
+"""Print the plan Podium fans the testdata out over (run with the project's venv, not the peers').
+
+    .venv/bin/python bench/peers/plan_of_testdata.py > /tmp/podium-peers-plan.json
+
+``temporal_workload.py --plan FILE`` then runs the Temporal workflow over exactly this plan, so
+the peer's graph follows ``machines.start.plan_of`` if the testdata or the planning changes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from machines.architecture import load_architecture  # noqa: E402
+from machines.hydration import hydrate  # noqa: E402
+from machines.start import plan_of  # noqa: E402
+
+if __name__ == "__main__":
+    path = REPO / "testdata" / "architecture.yaml"
+    plan = plan_of(hydrate(load_architecture(path.read_text(), source=str(path))))
+    keys = ("director", "all_services", "services", "dataflows", "app_dataflows")
+    print(json.dumps({k: plan[k] for k in keys}))
