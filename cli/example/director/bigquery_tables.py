@@ -56,6 +56,21 @@ class _Engine:
             self._client = bigquery.Client(project=self.project)
         return self._client
 
+    @staticmethod
+    def create_if_missing(get: Any, create: Any, resource: Any) -> bool:
+        """BigQuery get-or-create: False if ``resource`` exists (or a concurrent delivery of the
+        same command created it first), True if this call created it."""
+        try:
+            get(resource.reference)
+            return False
+        except exceptions.NotFound:
+            pass
+        try:
+            create(resource)
+        except exceptions.Conflict:
+            return False
+        return True
+
     def dataset_file(self, dataset: str) -> Path:
         assert self.sqlite_root is not None
         return self.sqlite_root / self.project / f"{dataset}.sqlite"
@@ -89,14 +104,8 @@ class Datasets:
         dataset.location = self.location(spec)
         dataset.labels = dict(spec.get("labels") or {})
         dataset.description = spec.get("description") or None
-        try:
-            self.engine.client.get_dataset(dataset.reference)
-            return False
-        except exceptions.NotFound:
-            pass
-        try:
-            self.engine.client.create_dataset(dataset)
-        except exceptions.Conflict:
+        if not self.engine.create_if_missing(self.engine.client.get_dataset, self.engine.client.create_dataset,
+                                             dataset):
             return False
         log.info("created dataset %s", spec["name"])
         return True
@@ -147,14 +156,7 @@ class Tables:
             )
         if spec.get("clustering_fields"):
             table.clustering_fields = list(spec["clustering_fields"])
-        try:
-            self.engine.client.get_table(table.reference)
-            return False
-        except exceptions.NotFound:
-            pass
-        try:
-            self.engine.client.create_table(table)
-        except exceptions.Conflict:
+        if not self.engine.create_if_missing(self.engine.client.get_table, self.engine.client.create_table, table):
             return False
         log.info("created table %s", self.name(spec))
         return True
