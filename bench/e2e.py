@@ -23,7 +23,7 @@ stopped at the end. The figures are the median over repetitions; the timeline is
 median repetition.
 
     python -m devtools.emulators run -- python bench/e2e.py [--repeat 3] [--png docs/timeline.png]
-        [--sweep-interval 0.5 (as podium up) | 2 (podium serve's default)] [--keep-iam]
+        [--sweep-interval 2 (podium serve's default, as podium up)] [--keep-iam]
 
 Writes ``bench/results/e2e.json`` and the Gantt chart ``docs/timeline.png``.
 """
@@ -56,7 +56,7 @@ from daemon.server import Daemon  # noqa: E402
 from handlers.base import EffectContext, Outcome  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-UP_SWEEP_INTERVAL = 0.5  # what cli/up.py passes: timers and NotReady re-checks fire at sweep ticks
+UP_SWEEP_INTERVAL = 2.0  # podium serve's default, which cli/up.py now uses too (wake-ups fire timers and re-checks)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Phases: (name, start state, end) where end is a state entered or a marker computed below.

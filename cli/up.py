@@ -98,10 +98,8 @@ def up(
             stack.callback(emulators.stop)
             emulators.export()
         os.environ.setdefault("PODIUM_PROJECT", "podium-local")
-        # One machine, no bill for reads: sweep often, so timers and re-checks fire promptly.
-        settings = Settings(
-            backend="local", source_root=architecture.parent, state_dir=state_dir, sweep_interval_seconds=0.5
-        )
+        # podium serve's own settings: timers and re-checks fire at their moment (daemon/wakeups.py).
+        settings = Settings(backend="local", source_root=architecture.parent, state_dir=state_dir)
         console.print(f"emulators: pubsub {emulators.pubsub_host}, firestore {emulators.firestore_host}, "
                       f"storage {emulators.storage_host or '(none)'}", soft_wrap=True)
         if started_here:

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = 2.0
     max_messages: int = 200
     effect_workers: int = 16
+    # An outcome of an effect this replica ran is applied here at once, in its own transaction,
+    # instead of a Pub/Sub round trip (published only if that apply fails). Off: every outcome
+    # travels through the events topic, as outcomes of other replicas' effects always do.
+    eager_outcomes: bool = True
     preflight_concurrency: int = 4
     preflight_timeout_seconds: float = 120.0
     build_concurrency: int = 4

@@ -30,6 +30,7 @@ from machines.messages import Event, RunView
 log = structlog.get_logger("podium.effects")  # one logger for the whole runner, as before the split
 
 Publish = Callable[[Event, Mapping[str, str]], object]
+RetryScheduled = Callable[[Key, float], None]  # (effect, seconds until its lease expires)
 JobState = Literal["waiting", "ready", "running", "reporting", "reported"]
 
 
@@ -99,6 +100,8 @@ class Dispatcher:
         self.handlers = dict(handlers)
         self.publish = publish
         self.max_attempts = max_attempts
+        # Told when an effect's retry or re-check is due (the Leaser wakes it then, not at a sweep).
+        self.retry_scheduled: RetryScheduled = lambda _key, _delay: None
         self.held: dict[Key, Job] = {}  # shared with the Leaser, under ``lock``
         self.lock = threading.Lock()
         self.stop = threading.Event()  # no new work; workers exit once the ready queue is empty
@@ -325,7 +328,8 @@ class Dispatcher:
             except NotReady as exc:
                 if self._take_result(job):
                     log.info("effect not ready yet", detail=exc.message[:200], recheck_in_s=exc.retry_after)
-                    self.store.effect_retry_later(*job.key, job.claim, exc.retry_after, exc.message, recheck=True)
+                    if self.store.effect_retry_later(*job.key, job.claim, exc.retry_after, exc.message, recheck=True):
+                        self.retry_scheduled(job.key, exc.retry_after)
                 return
             except PodiumError as exc:
                 if exc.retryable and attempts < max_attempts:
@@ -405,7 +409,8 @@ class Dispatcher:
         # Exponential backoff, or longer if the service said when to come back (RetryInfo).
         delay = min(max(2.0**job.attempts, hint or 0.0), 600.0 if hint else 60.0)
         log.warning("effect failed, will retry", error=error[:300], retry_in_s=delay, attempt=job.attempts)
-        self.store.effect_retry_later(*job.key, job.claim, delay, error)
+        if self.store.effect_retry_later(*job.key, job.claim, delay, error):
+            self.retry_scheduled(job.key, delay)
 
     @staticmethod
     def failure(ctx: EffectContext, message: str) -> Outcome:

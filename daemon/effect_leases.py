@@ -20,6 +20,7 @@ import structlog
 from daemon.config import Settings
 from daemon.effect_dispatch import Dispatcher, Job, Key, deadline_for
 from daemon.store import RunStore
+from daemon.wakeups import Wakeups
 from devtools.faults import crash_point
 
 log = structlog.get_logger("podium.effects")  # one logger for the whole runner, as before the split
@@ -28,10 +29,14 @@ log = structlog.get_logger("podium.effects")  # one logger for the whole runner,
 class Leaser:
     """Keeps the dispatcher's leases alive, abandons overdue effects, claims expired ones."""
 
-    def __init__(self, settings: Settings, store: RunStore, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: Settings, store: RunStore, dispatcher: Dispatcher,
+                 wakeups: Wakeups | None = None) -> None:
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
+        self.wakeups = wakeups
+        if wakeups is not None:
+            dispatcher.retry_scheduled = self.wake
         # How often the heartbeat looks for overdue effects: a few times per lease, at most 1 s.
         self.tick = min(max(settings.effect_lease_seconds / 3, 0.2), 1.0)
         self._threads: list[threading.Thread] = []
@@ -117,7 +122,6 @@ class Leaser:
 
     def sweep(self) -> int:
         """Re-drive pending effects whose lease expired. Returns how many this replica took."""
-        dispatcher = self.dispatcher
         taken = 0
         try:
             expired = self.store.expired_effects(datetime.now(UTC))
@@ -125,25 +129,43 @@ class Leaser:
             log.warning("effect sweep failed", error=repr(exc))
             return 0
         for effect in expired:
-            key = (str(effect["run_id"]), str(effect["effect_id"]))
-            with dispatcher.lock:
-                if key in dispatcher.held:
-                    continue
-                if len(dispatcher.held) >= self.settings.effect_queue_limit:
-                    break  # no room: another replica (or a later sweep) takes the rest
-            try:
-                claimed = self.store.claim_effect(*key)
-            except Exception as exc:  # noqa: BLE001 - contention with another replica: it won
-                log.info("effect claim lost", effect_id=key[1], error=repr(exc))
-                continue
-            if claimed is None:
-                continue
-            leased, run = claimed
-            crash_point("during_claim", leased.spec.kind)
-            if run.status != "running":
-                self.store.effect_done(*key, leased.claim)  # the run ended meanwhile: nothing to do
-                continue
-            log.info("re-driving effect", run_id=key[0], effect_id=key[1], attempts=leased.attempts)
-            if dispatcher.submit(run, leased):
-                taken += 1
+            took = self.take((str(effect["run_id"]), str(effect["effect_id"])))
+            if took is None:
+                break  # no room: another replica (or a later sweep) takes the rest
+            taken += took
         return taken
+
+    def take(self, key: Key) -> bool | None:
+        """Claim one effect whose lease expired and run it here: True if taken, False if not
+        (held here already, claimed elsewhere, not expired, its run ended), None if no room."""
+        dispatcher = self.dispatcher
+        with dispatcher.lock:
+            if key in dispatcher.held:
+                return False
+            if len(dispatcher.held) >= self.settings.effect_queue_limit:
+                return None
+        try:
+            claimed = self.store.claim_effect(*key)
+        except Exception as exc:  # noqa: BLE001 - contention with another replica: it won
+            log.info("effect claim lost", effect_id=key[1], error=repr(exc))
+            return False
+        if claimed is None:
+            return False
+        leased, run = claimed
+        crash_point("during_claim", leased.spec.kind)
+        if run.status != "running":
+            self.store.effect_done(*key, leased.claim)  # the run ended meanwhile: nothing to do
+            return False
+        log.info("re-driving effect", run_id=key[0], effect_id=key[1], attempts=leased.attempts)
+        return dispatcher.submit(run, leased)
+
+    def wake(self, key: Key, delay: float) -> None:
+        """Take the effect back at the moment its lease expires (a re-check or a retry this
+        replica scheduled), instead of at the first sweep after it."""
+        if self.wakeups is not None:
+            # A little after the expiry, so the claim's "lease expired" check already holds.
+            self.wakeups.at(("effect", key), delay + 0.05, lambda: self._wake(key))
+
+    def _wake(self, key: Key) -> None:
+        with structlog.contextvars.bound_contextvars(run_id=key[0], effect_id=key[1]):
+            self.take(key)

@@ -34,6 +34,7 @@ from daemon.effect_dispatch import Dispatcher, Job, Key, Publish, deadline_for
 from daemon.effect_leases import Leaser
 from daemon.store import Applied, RunStore
 from daemon.store_leases import LeasedEffect
+from daemon.wakeups import Wakeups
 from handlers.base import Handler
 
 __all__ = ["MAX_ATTEMPTS", "EffectRunner", "Publish", "deadline_for"]
@@ -51,12 +52,13 @@ class EffectRunner:
         handlers: Mapping[str, Handler],
         publish: Publish,
         concurrency: Mapping[str, int] | None = None,
+        wakeups: Wakeups | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         # MAX_ATTEMPTS is read here, not at import: a test may lower it before building a runner.
         self._dispatcher = Dispatcher(settings, store, handlers, publish, concurrency, MAX_ATTEMPTS)
-        self._leaser = Leaser(settings, store, self._dispatcher)
+        self._leaser = Leaser(settings, store, self._dispatcher, wakeups)
 
     # ---- what callers (and tests) replace or inspect ---------------------------------------
     @property

@@ -119,6 +119,26 @@ class Engine:
         log.warning("dead letter recorded", message_id=msg.message_id, source=source)
         return Verdict.ACK
 
+    def apply_outcome(self, event: Event, attributes: Mapping[str, str]) -> bool:
+        """Apply the outcome of an effect this replica ran, without Pub/Sub (daemon/outcome_delivery.py).
+
+        False if it could not be applied: the caller publishes it then, and the events path
+        retries it or records why it is refused. Its audit record's message id is ``eager``."""
+        with structlog.contextvars.bound_contextvars(
+            run_id=event.run_id, message_id="eager", trace_id=trace_of(attributes)
+        ):
+            try:
+                applied = self.store.apply(event, message_id="eager")
+            except Exception as exc:  # noqa: BLE001 - the published path takes over
+                log.info("outcome not applied here, publishing it", error=_short(exc), type=event.type)
+                return False
+            try:
+                self._after(applied)
+            except Exception as exc:  # noqa: BLE001 - committed: the sweep re-drives its effects
+                log.error("post-commit hand-off failed; the sweep will re-drive", error=repr(exc))
+            crash_point("after_commit", event.type)
+            return True
+
     def fire_timer(self, run_id: str, seq: int) -> Applied:
         event = Event(run_id=run_id, event_id=f"timer~{seq}", type="timer.fired", data={"seq": seq})
         applied = self.store.apply(event, message_id=f"timer~{seq}")

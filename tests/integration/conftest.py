@@ -67,6 +67,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "PODIUM_ACK_DEADLINE_SECONDS": str(settings.ack_deadline_seconds),
             "PODIUM_MAX_DELIVERY_ATTEMPTS": str(settings.max_delivery_attempts),
             "PODIUM_ONE_RUN_PER_TARGET": str(settings.one_run_per_target).lower(),
+            "PODIUM_EAGER_OUTCOMES": str(settings.eager_outcomes).lower(),
             "PODIUM_PORT": "0",
             "PODIUM_LOG_FORMAT": "json",
         }

@@ -26,7 +26,9 @@ def _drain(subscriber: pubsub_v1.SubscriberClient, path: str, until: int = 200) 
 
 
 def test_transitions_are_notified_and_the_trace_id_travels(settings, db, daemon_factory, unique):
-    settings = settings.model_copy(update={"notifications_topic": f"notify-{unique}"})
+    # Outcomes published (not applied eagerly, tests/integration/test_eager_outcomes.py): the
+    # events topic then carries them, and the tap can check their trace id.
+    settings = settings.model_copy(update={"notifications_topic": f"notify-{unique}", "eager_outcomes": False})
     ensure_daemon_plumbing(settings)
     subscriber = pubsub_v1.SubscriberClient()
     notify_sub = f"projects/{settings.project}/subscriptions/notify-tap-{unique}"
