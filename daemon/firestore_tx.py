@@ -15,37 +15,40 @@ pinned against the emulator by tests/integration/test_firestore_tx.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from google.api_core.exceptions import Aborted
 from google.cloud import firestore
-from google.cloud.firestore_v1.base_client import _parse_batch_get
+from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.types import TransactionOptions
 
 from devtools.faults import transaction_window
 
 T = TypeVar("T")
-Snapshots = dict[str, Any]  # document path -> DocumentSnapshot
+Snapshots = dict[str, "ReadDoc"]  # document path -> the document read
 Body = Callable[[firestore.Transaction, Snapshots], T]
 
 MAX_ATTEMPTS = 5  # as firestore.transactional
 
 
 def run_transaction(client: firestore.Client, refs: Sequence[Any], body: Body[T],
-                    max_attempts: int = MAX_ATTEMPTS) -> T:
-    """Read ``refs`` (beginning the transaction), run ``body(transaction, snapshots)``, commit."""
+                    max_attempts: int = MAX_ATTEMPTS, fields: Sequence[str] | None = None) -> T:
+    """Read ``refs`` (beginning the transaction; only ``fields`` of them if given), run
+    ``body(transaction, snapshots)``, commit."""
     with transaction_window():  # crash tests only (devtools/faults.py); nothing otherwise
-        return _run(client, refs, body, max_attempts)
+        return _run(client, refs, body, max_attempts, fields)
 
 
-def _run(client: firestore.Client, refs: Sequence[Any], body: Body[T], max_attempts: int) -> T:
+def _run(client: firestore.Client, refs: Sequence[Any], body: Body[T], max_attempts: int,
+         fields: Sequence[str] | None) -> T:
     retry_id: bytes | None = None
     last: Aborted | None = None
     transaction = client.transaction()
     try:
         for _ in range(max_attempts):
             transaction._clean_up()
-            snapshots = begin_with_read(client, transaction, refs, retry_id)
+            snapshots = begin_with_read(client, transaction, refs, retry_id, fields)
             retry_id = retry_id or transaction._id
             result = body(transaction, snapshots)
             try:
@@ -60,19 +63,44 @@ def _run(client: firestore.Client, refs: Sequence[Any], body: Body[T], max_attem
         raise
 
 
+@dataclass(frozen=True, slots=True)
+class ReadDoc:
+    """One document of the transaction's first read: the part of ``DocumentSnapshot`` the store
+    uses, without the snapshot's two deep copies of the data (the reader owns it)."""
+
+    reference: Any
+    exists: bool
+    data: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any] | None:
+        return self.data
+
+    def get(self, field: str) -> Any:
+        return (self.data or {}).get(field)
+
+
 def begin_with_read(client: firestore.Client, transaction: firestore.Transaction, refs: Sequence[Any],
-                    retry_id: bytes | None = None) -> Snapshots:
-    """One BatchGetDocuments that begins ``transaction`` and returns the documents by path."""
+                    retry_id: bytes | None = None, fields: Sequence[str] | None = None) -> Snapshots:
+    """One BatchGetDocuments that begins ``transaction`` and returns the documents by path;
+    with ``fields``, only those top-level fields of each document (a Firestore field mask)."""
     reference_map = {ref._document_path: ref for ref in refs}
     options = TransactionOptions(read_write=TransactionOptions.ReadWrite(retry_transaction=retry_id or b""))
-    request = {"database": client._database_string, "documents": list(reference_map), "new_transaction": options}
+    request: dict[str, Any] = {"database": client._database_string, "documents": list(reference_map),
+                               "new_transaction": options}
+    if fields is not None:
+        request["mask"] = {"field_paths": list(fields)}
     snapshots: Snapshots = {}
     for response in client._firestore_api.batch_get_documents(request=request, metadata=client._rpc_metadata):
-        if response.transaction:
-            transaction._id = response.transaction
-        if response._pb.WhichOneof("result"):
-            snap = _parse_batch_get(response, reference_map, client)
-            snapshots[snap.reference.path] = snap
+        pb = response._pb  # the raw protobuf: no proto-plus wrapper per field access
+        if pb.transaction:
+            transaction._id = pb.transaction
+        result = pb.WhichOneof("result")
+        if result == "found":
+            ref = reference_map[pb.found.name]
+            snapshots[ref.path] = ReadDoc(ref, True, cast(dict[str, Any], _helpers.decode_dict(pb.found.fields, client)))
+        elif result == "missing":
+            ref = reference_map[pb.missing]
+            snapshots[ref.path] = ReadDoc(ref, False, None)
     if not transaction._id:
         raise RuntimeError("Firestore began no transaction with the read")  # the API promises one
     return snapshots

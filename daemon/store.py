@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,9 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from daemon import rejected
+from daemon.architectures import Architectures
 from daemon.firestore_tx import Snapshots, run_transaction
+from daemon.firestore_writes import create_doc, set_doc, update_doc
 from daemon.store_leases import EffectLeases, utcnow
 from daemon.store_targets import Targets, start_on_busy_target
 from handlers.base import outcome_mismatch
@@ -80,6 +82,14 @@ class Applied:
         return self.decision.to_state if self.decision else None
 
 
+# What ``apply`` reads of the run and, in the same request, of the effect an outcome settles:
+# everything but the run's architecture (daemon/architectures.py).
+_READ_IN_APPLY = sorted(
+    (set(RunState.model_fields) | set(RunView.model_fields) | {"target", "architecture_name"}) - {"architecture"}
+    | {"kind", "item", "claim", "status"}
+)
+
+
 def run_fields(run: RunState) -> dict[str, Any]:
     """The machine's fields of a run as Firestore stores them."""
     return run.model_dump(mode="python", include=set(_MACHINE_FIELDS))
@@ -112,6 +122,7 @@ class RunStore(EffectLeases):
         # One lock per run, not per hash stripe: two different runs never wait for each other.
         self._serial = _RunLocks()
         self.targets = Targets(client, collection)
+        self.architectures = Architectures(self.runs)
 
     # ---- reads -----------------------------------------------------------------------
     def get(self, run_id: str) -> dict[str, Any] | None:
@@ -177,7 +188,8 @@ class RunStore(EffectLeases):
             if snap.exists:
                 # A derived id: a redelivered start (same message id) must not overwrite the
                 # record of the start it applied, which holds version 1.
-                transaction.set(
+                set_doc(
+                    transaction,
                     run_ref.collection(EVENTS).document(f"{event_id}~dup~{message_id}"),
                     _audit(event_id, "command.start", None, message_id, now, snap.get("state"), None, "duplicate",
                            f"run {run_id} already exists; start ignored"),
@@ -200,13 +212,16 @@ class RunStore(EffectLeases):
             if target is not None:
                 doc["target"] = target
             doc["updated_at"] = now
-            transaction.create(run_ref, doc)
-            transaction.set(
+            create_doc(transaction, run_ref, doc)
+            set_doc(
+                transaction,
                 run_ref.collection(EVENTS).document(event_id),
                 _audit(event_id, "command.start", None, message_id, now, "pending", decision.to_state, "applied",
                        decision.detail, version=decision.run.version),
             )
             claims = self._write_effects(transaction, run_ref, decision.effects, now)
+            if "architecture" in extra:
+                self.architectures.remember(run_id, extra["architecture"])
             return Applied("applied", run_id, decision.detail, decision, decision.effects, run_view(doc), claims=claims)
 
         with self._serial(run_id):
@@ -236,7 +251,8 @@ class RunStore(EffectLeases):
             effect = (effect_snap.to_dict() or {}) if effect_snap is not None and effect_snap.exists else None
             refused = _not_its_outcome(event, effect)
             if refused:  # settles nothing and changes nothing; a valid twin may still come
-                transaction.set(
+                set_doc(
+                    transaction,
                     run_ref.collection(EVENTS).document(f"{event.event_id}~ign~{message_id}"),
                     _audit(event.event_id, event.type, event.item, message_id, now, doc.get("state"), None,
                            "ignored", refused),
@@ -245,7 +261,8 @@ class RunStore(EffectLeases):
             settles = effect_ref if effect is not None and effect.get("status") == "pending" else None
             if event_snap.exists:
                 dup_id = f"{event.event_id}~dup~{message_id}"
-                transaction.set(
+                set_doc(
+                    transaction,
                     run_ref.collection(EVENTS).document(dup_id),
                     _audit(event.event_id, event.type, event.item, message_id, now, doc.get("state"), None,
                            "duplicate", "already applied"),
@@ -256,7 +273,8 @@ class RunStore(EffectLeases):
             target = doc.get("target") if isinstance(doc.get("target"), str) else None
             lock, event_now, busy = self.targets.before_decision(transaction, run, event, target)
             if busy:  # a retry or teardown must wait until the target is free: nothing changes
-                transaction.set(
+                set_doc(
+                    transaction,
                     run_ref.collection(EVENTS).document(f"{event.event_id}~ign~{message_id}"),
                     _audit(event.event_id, event.type, event.item, message_id, now, doc.get("state"), None,
                            "ignored", busy),
@@ -275,12 +293,13 @@ class RunStore(EffectLeases):
                 fields = run_fields(decision.run)
                 # Only the fields this transition changed (always version and updated_at): the
                 # document ends the same, with less to encode and send than every machine field.
-                transaction.update(run_ref, {k: v for k, v in fields.items() if k not in doc or doc[k] != v})
+                update_doc(transaction, run_ref, {k: v for k, v in fields.items() if k not in doc or doc[k] != v})
                 record_id = event.event_id
                 doc = doc | fields
             else:  # an ignored event does not consume its id: a valid twin may still come
                 record_id = f"{event.event_id}~ign~{message_id}"
-            transaction.set(
+            set_doc(
+                transaction,
                 run_ref.collection(EVENTS).document(record_id),
                 _audit(event.event_id, event_now.type, event.item, message_id, now, decision.from_state,
                        decision.to_state if decision.applied else None, decision.outcome, decision.detail,
@@ -294,7 +313,11 @@ class RunStore(EffectLeases):
                            effect_id, claims)
 
         with self._serial(event.run_id):
-            return run_transaction(self.client, refs, tx)
+            applied = run_transaction(self.client, refs, tx, fields=_READ_IN_APPLY)
+        if applied.effects and applied.run is not None:  # their handlers read the architecture
+            architecture = self.architectures.of(event.run_id)
+            applied = replace(applied, run=applied.run.model_copy(update={"architecture": architecture}))
+        return applied
 
     def _write_effects(
         self, transaction: firestore.Transaction, run_ref: Any, effects: Sequence[EffectSpec], now: datetime
@@ -303,7 +326,8 @@ class RunStore(EffectLeases):
         claims: dict[str, str] = {}
         for eff in effects:
             claims[eff.effect_id] = claim = self.new_claim()
-            transaction.set(
+            set_doc(
+                transaction,
                 run_ref.collection(EFFECTS).document(eff.effect_id),
                 {
                     "run_id": run_ref.id,
@@ -325,7 +349,7 @@ class RunStore(EffectLeases):
     def _mark_done(transaction: firestore.Transaction, effect_ref: Any, now: datetime) -> None:
         # Conditional through the transaction: the effect was read (pending) by the same get_all.
         if effect_ref is not None:
-            transaction.update(effect_ref, {"status": "done", "done_at": now})
+            update_doc(transaction, effect_ref, {"status": "done", "done_at": now})
 
     # ---- rejected input ----------------------------------------------------------------
     def record_rejected(

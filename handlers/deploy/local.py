@@ -89,6 +89,9 @@ __all__ = [
 
 HEALTH_GRACE_SECONDS = 30.0
 RECHECK_SECONDS = 0.5
+# A local process usually answers within a second of its start: check often until then (a
+# check is one local HTTP request), then every RECHECK_SECONDS.
+EARLY_RECHECK_SECONDS, EARLY_SECONDS = 0.1, 3.0
 HEALTH_TIMEOUT_SECONDS = 1.0
 LOG_TAIL_CHARS = 2000
 LOCAL_BIGQUERY_ENV = "LOCAL_BIGQUERY_DIR"
@@ -188,7 +191,7 @@ def _check_health(reg: ProcessRegistry, record: ProcessRecord, hidden: Sequence[
     if age < HEALTH_GRACE_SECONDS:
         raise NotReady(
             f"{record.service} (pid {record.pid}) does not answer GET /healthz with 200 yet ({age:.1f} s)",
-            retry_after=RECHECK_SECONDS,
+            retry_after=EARLY_RECHECK_SECONDS if age < EARLY_SECONDS else RECHECK_SECONDS,
         )
     stop_process(record.pid, record.fingerprint)
     reg.delete(record.project, record.service, pid=record.pid)
