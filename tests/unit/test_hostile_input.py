@@ -109,7 +109,10 @@ def escaping_root(tmp_path: Path) -> tuple[Path, Path]:
     """A copy of testdata whose ``publisher`` folder is a symlink to a folder outside the root,
     holding a conftest.py and a main.py that would leave a mark if anything ran them."""
     root = tmp_path / "src"
-    shutil.copytree(TESTDATA, root, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    # Not the configs a local run generated into testdata (git-ignored): the tests check that
+    # nothing is written, so the copy starts without them.
+    shutil.copytree(TESTDATA, root, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "resources.yaml",
+                                                                  "services.yaml"))
     outside = tmp_path / "outside"
     outside.mkdir()
     mark = tmp_path / "ran"
