@@ -38,7 +38,7 @@ class Settings(BaseSettings):
 
     # Engine tuning (not contract): leases, sweeps, concurrency bounds.
     effect_lease_seconds: float = 30.0
-    sweep_interval_seconds: float = 2.0
+    sweep_interval_seconds: float = 5.0
     max_messages: int = 200
     effect_workers: int = 16
     # An outcome of an effect this replica ran is applied here at once, in its own transaction,

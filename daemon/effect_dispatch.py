@@ -345,8 +345,11 @@ class Dispatcher:
 
     def _take_result(self, job: Job) -> bool:
         """The worker may report only while the job is still its own: not past its deadline,
-        lease not lost, not settled elsewhere. Otherwise the result is dropped."""
-        with self.lock:
+        lease not lost, not settled elsewhere. Otherwise the result is dropped. Either way the
+        handler is done: its kind's slot goes to the next effect now, not after the report
+        (which, with eager outcomes, is a whole transaction)."""
+        with self._cv:
+            self._release_slot(job)
             if self.held.get(job.key) is job and job.state == "running":
                 job.state = "reporting"
                 return True

@@ -160,6 +160,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, nargs="+", default=[50, 200], help="concurrent deployments (R)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per R: one pass of each side per round")
+    parser.add_argument("--initial-warmup", type=int, default=None,
+                        help="deployments of the one warm-up pass per side before the first R (default: the "
+                             "largest R; 0: none)")
     parser.add_argument("--timeout", type=float, default=900.0, help="per Podium pass, seconds")
     parser.add_argument("--poll-interval", type=float, default=POLL_INTERVAL,
                         help="seconds between the Podium driver's counts of ended runs (podium_workload.POLL_INTERVAL)")
@@ -167,6 +170,8 @@ def main() -> int:
     parser.add_argument("--peers-python", default=PEERS_PYTHON, help="the peer venv's python (temporalio, psutil)")
     parser.add_argument("--output", default=str(RESULTS / "peers.json"))
     args = parser.parse_args()
+    if args.initial_warmup is None:
+        args.initial_warmup = max(args.runs)
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
         print("run under the emulators: python -m devtools.emulators run -- python bench/peers/compare.py",
               file=sys.stderr)
@@ -197,6 +202,13 @@ def main() -> int:
                 row["idle_side_cpu_s"] = {other: round(idle_cpu(other) - idle_before, 3)}
                 return row
 
+            # The emulators are JVMs: their first thousands of transactions run before the JIT
+            # has compiled them, which a managed service never shows. One pass of the largest R
+            # per side first (Temporal's server is Go; it gets the same pass), then per-R warm-ups.
+            if args.initial_warmup:
+                first = {side: one_pass(side, args.initial_warmup, warmup=True) for side in ("podium", "temporal")}
+                print("  initial warm-up: " + ", ".join(f"{n} {w['deployments_per_second']}/s" for n, w in first.items()),
+                      file=sys.stderr, flush=True)
             for runs in args.runs:
                 warm = {side: one_pass(side, runs, warmup=True) for side in ("podium", "temporal")}
                 print(f"  R={runs} warm-up: " + ", ".join(f"{n} {w['deployments_per_second']}/s" for n, w in warm.items()),
@@ -230,7 +242,9 @@ def main() -> int:
             "podium": engine_settings,
             "temporal": temporal_ready["temporal"],
             "runs": args.runs, "repeat": args.repeat,
-            "method": "both sides started once; per R one warm-up pass per side (not in the medians), then "
+            "initial_warmup": args.initial_warmup,
+            "method": "both sides started once; one warm-up pass of initial_warmup deployments per side, then "
+                      "per R one warm-up pass per side (not in the medians), then "
                       "`repeat` rounds of one pass per side, alternating which goes first; the idle side waits",
             "latency": {"podium": "driver clock before publishing the start -> run's terminal updated_at",
                         "temporal": "server start time -> close time of the workflow"},
