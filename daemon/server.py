@@ -14,13 +14,13 @@ import time
 from types import FrameType
 
 import structlog
-from google.cloud import firestore
 
 from daemon import backends, logs
 from daemon.config import Settings
 from daemon.dashboard import Dashboard
 from daemon.effects import EffectRunner
 from daemon.engine import Engine
+from daemon.firestore_tx import store_client
 from daemon.http import DaemonHTTP
 from daemon.intake import PullIntake
 from daemon.notify import Notifier
@@ -41,7 +41,7 @@ class Daemon:
         self.settings = settings
         self.pull = pull
         self.store = RunStore(
-            firestore.Client(project=settings.project),
+            store_client(settings.project),
             settings.collection,
             owner=settings.replica_id,
             lease_seconds=settings.effect_lease_seconds,

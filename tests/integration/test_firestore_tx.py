@@ -77,3 +77,17 @@ def test_an_error_in_the_body_rolls_back_and_releases_the_document(firestore_cli
     run_transaction(firestore_client, [doc], lambda t, s: t.update(doc, {"n": 2}))
     assert doc.get().get("n") == 2
     assert time.monotonic() - began < 1.5
+
+
+def test_the_store_client_runs_its_reads_on_the_calling_thread(firestore_client, project):
+    from daemon.firestore_tx import store_client
+
+    client = store_client(project)
+    stub = client._firestore_api._transport.batch_get_documents
+    assert type(stub).__name__ == "_SingleThreadedUnaryStreamMultiCallable"
+    doc = client.collection("tx").document("store-client")
+    doc.set({"n": 1})
+    run_transaction(client, [doc], lambda t, s: t.update(doc, {"n": s[doc.path].get("n") + 1}))
+    assert firestore_client.collection("tx").document("store-client").get().get("n") == 2
+    assert [d.id for d in client.collection("tx").stream()] == ["store-client"]  # a query streams too
+    client.close()
