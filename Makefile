@@ -50,8 +50,8 @@ bench: venv
 	$(WITH_EMULATORS) $(PY) bench/scaling.py --repeat $${BENCH_REPEAT:-3}
 	-$(WITH_EMULATORS) $(PY) bench/scaleout.py --timeout 300  # exits 1 if a run stalls; the rest still runs
 	$(WITH_EMULATORS) $(PY) bench/e2e.py --repeat $${BENCH_REPEAT:-3}
-	$(WITH_EMULATORS) $(PY) bench/e2e.py --repeat $${BENCH_REPEAT:-3} --sweep-interval 2 --png '' \
-		--output bench/results/e2e-sweep2.json
+	$(WITH_EMULATORS) $(PY) bench/e2e.py --repeat $${BENCH_REPEAT:-3} --keep-iam --png '' \
+		--output bench/results/e2e-keep-iam.json
 	$(WITH_EMULATORS) $(PY) bench/profile.py --runs 50 --events 20 --repeat $${BENCH_REPEAT:-3}
 
 # The Temporal peer of the whole-deployment workload (issue 15.1; bench/peers/README.md): its

@@ -23,7 +23,7 @@ stopped at the end. The figures are the median over repetitions; the timeline is
 median repetition.
 
     python -m devtools.emulators run -- python bench/e2e.py [--repeat 3] [--png docs/timeline.png]
-        [--sweep-interval 2 (podium serve's default, as podium up)] [--keep-iam]
+        [--sweep-interval S (default: podium serve's, as podium up)] [--keep-iam]
 
 Writes ``bench/results/e2e.json`` and the Gantt chart ``docs/timeline.png``.
 """
@@ -56,7 +56,8 @@ from daemon.server import Daemon  # noqa: E402
 from handlers.base import EffectContext, Outcome  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-UP_SWEEP_INTERVAL = 2.0  # podium serve's default, which cli/up.py now uses too (wake-ups fire timers and re-checks)
+# podium serve's default, which cli/up.py uses too (wake-ups fire timers and re-checks on time)
+UP_SWEEP_INTERVAL: float = Settings.model_fields["sweep_interval_seconds"].default
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Phases: (name, start state, end) where end is a state entered or a marker computed below.
@@ -315,8 +316,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="per run")
     parser.add_argument("--png", default=str(REPO / "docs" / "timeline.png"), help="'' for none")
     parser.add_argument("--sweep-interval", type=float, default=UP_SWEEP_INTERVAL,
-                        help=f"the daemon's sweep interval (default {UP_SWEEP_INTERVAL}, as podium up; "
-                             "podium serve's default is 2)")
+                        help=f"the daemon's sweep interval (default {UP_SWEEP_INTERVAL}: podium serve's and "
+                             "podium up's)")
     parser.add_argument("--keep-iam", action="store_true",
                         help="re-deploy: keep the local IAM registry between repetitions (already propagated)")
     parser.add_argument("--output", default=str(RESULTS / "e2e.json"))
