@@ -254,9 +254,10 @@ class Deployer:
         *,
         registry: ProcessRegistry | None = None,
         timeout: float = 40.0,
+        run_id: str = "run-1",
     ) -> Outcome:
         reg = registry or self.registry
-        ctx = self.ctx(service, image)
+        ctx = self.ctx(service, image, run_id=run_id)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -616,13 +617,7 @@ def test_a_cancelled_runs_stop_ends_only_the_processes_it_started_before_the_can
     monkeypatch.setenv(secret_env_name(f"db.password-{unique}"), "p")
     echo_image = write_artifact(settings.state_dir, "echo", single_file_folder(tmp_path, "echo", ECHO_MAIN))
     ours = deployer.deploy("subscriber", subscriber_image).data["pid"]  # run-1
-    ctx = deployer.ctx("echo", echo_image, run_id="run-2")
-    theirs = None
-    while theirs is None:  # deployed by another run
-        try:
-            theirs = deploy_local(ctx, registry=registry)[0].data["pid"]
-        except NotReady:
-            time.sleep(0.2)
+    theirs = deployer.deploy("echo", echo_image, run_id="run-2").data["pid"]  # deployed by another run
 
     def stop(cancelled_at: datetime) -> list[str]:
         stop_ctx = dataclasses.replace(deployer.ctx("subscriber", subscriber_image), kind="stop", item="run",
