@@ -20,6 +20,12 @@ from machines.errors import InvalidArchitecture
 
 __all__ = ["load_architecture", "parse_yaml"]
 
+_LIBYAML: Any
+try:
+    from yaml._yaml import CParser as _LIBYAML
+except ImportError:  # pragma: no cover - a PyYAML built without libyaml: the pure-Python parser
+    _LIBYAML = None
+
 
 def _refuse(problem: str, event: yaml.Event) -> NoReturn:
     """Stop composing with a YAML error pointing at ``event`` (reported like any parse error)."""
@@ -34,12 +40,25 @@ class _Loader(yaml.SafeLoader):
     nested at most ``MAX_DEPTH`` deep."""
 
     def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+        super().__init__(stream)  # the pure-Python reader still checks the text is printable
         self._nodes = 0
         self._depth = 0
+        # The events come from libyaml when PyYAML has it (~7× faster than the pure-Python
+        # scanner and parser); they are still composed into nodes here, in Python, so every
+        # node passes through ``compose_node``'s checks.
+        self._events: Any = _LIBYAML(stream) if _LIBYAML is not None else None
+
+    def check_event(self, *choices: Any) -> bool:
+        return bool(self._events.check_event(*choices)) if self._events is not None else super().check_event(*choices)
+
+    def peek_event(self) -> Any:
+        return self._events.peek_event() if self._events is not None else super().peek_event()  # type: ignore[no-untyped-call]
+
+    def get_event(self) -> Any:
+        return self._events.get_event() if self._events is not None else super().get_event()  # type: ignore[no-untyped-call]
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             _refuse(f"found alias *{event.anchor}: anchors and aliases are not supported (write the value out)", event)
         anchor = getattr(event, "anchor", None)
