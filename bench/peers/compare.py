@@ -51,8 +51,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(REPO)]
 
+from pass_stats import median_of  # noqa: E402
 from plan_of_testdata import testdata_plan  # noqa: E402
-from podium_workload import POLL_INTERVAL, RESULTS, PodiumPasses, median_of, proc_cpu_seconds  # noqa: E402
+from podium_workload import POLL_INTERVAL, RESULTS, PodiumPasses, proc_cpu_seconds  # noqa: E402
 
 PEERS_PYTHON = "/tmp/podium-peers-venv/bin/python"
 
@@ -99,7 +100,7 @@ class TemporalPasses:
 
 
 def summary(passes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The medians of podium_workload.median_of (both sides' passes have its keys), and CPU per deployment."""
+    """The medians of pass_stats.median_of (both sides' passes have its keys), and CPU per deployment."""
     return median_of(passes) | {
         "cpu_ms_per_deployment": round(statistics.median(p["cpu_ms_per_deployment"] for p in passes), 1)}
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -51,6 +50,7 @@ from google.cloud import firestore, pubsub_v1  # noqa: E402
 from google.cloud.firestore_v1.base_query import FieldFilter  # noqa: E402
 
 from bench.engine import _emulator_pids  # noqa: E402
+from bench.peers.pass_stats import median_of, pct  # noqa: E402
 from bench.scaleout import TESTDATA, verify, wait_started  # noqa: E402
 from daemon.config import Settings  # noqa: E402
 from daemon.pubsub import ensure_daemon_plumbing, topic_path  # noqa: E402
@@ -101,12 +101,6 @@ def proc_cpu_seconds(pid: int, children: bool) -> float:
             pids += kids
             todo += kids
     return sum(own(p) for p in pids)
-
-
-def pct(values: list[float], q: float) -> float:
-    """The same nearest-rank percentile as temporal_workload.pct."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 class _PassView:
@@ -260,21 +254,6 @@ class PodiumPasses:
             "audit_records": sum(check["audit_outcomes"].values()),  # this pass's only (scoped)
             "problems": check["problems"][:10],
         }
-
-
-def median_of(passes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each figure's median over the passes (as temporal_workload.median_of)."""
-    med = statistics.median
-    return {
-        "runs": passes[0]["runs"],
-        "passes": len(passes),
-        "complete": all(p["complete"] for p in passes),
-        "deployments_per_second": round(med(p["deployments_per_second"] for p in passes), 2),
-        "p50_ms": round(med(p["p50_ms"] or 0.0 for p in passes), 1),
-        "p99_ms": round(med(p["p99_ms"] or 0.0 for p in passes), 1),
-        "cpu_s": {name: round(med(p["cpu_s"][name] for p in passes), 3) for name in passes[0]["cpu_s"]},
-        "cpu_s_engine_total": round(med(p["cpu_s_engine_total"] for p in passes), 3),
-    }
 
 
 def main() -> int:

@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -54,6 +53,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
+from pass_stats import median_of, pct  # noqa: E402
 from temporal_graph import TESTDATA_PLAN, Deployment, effect, steps_of  # noqa: E402
 
 
@@ -114,11 +114,6 @@ def cpu_seconds(proc: psutil.Process, children: bool) -> float:
     return total
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 async def one_pass(client: Any, task_queue: str, runs: int, plan: dict[str, Any],
                    procs: dict[str, psutil.Process], completion: str) -> dict[str, Any]:
     """R deployments started at once. ``completion``: how the driver learns each one ended —
@@ -165,21 +160,6 @@ async def one_pass(client: Any, task_queue: str, runs: int, plan: dict[str, Any]
         "cpu_s": cpu,
         "cpu_s_server_worker": round(cpu["server"] + cpu["worker"], 3),
         "cpu_s_engine_total": round(cpu["server"] + cpu["worker"], 3),  # compare.py's common name
-    }
-
-
-def median_of(passes: list[dict[str, Any]]) -> dict[str, Any]:
-    med = statistics.median
-    return {
-        "runs": passes[0]["runs"],
-        "passes": len(passes),
-        "complete": all(p["complete"] for p in passes),
-        "deployments_per_second": round(med(p["deployments_per_second"] for p in passes), 2),
-        "p50_ms": round(med(p["p50_ms"] for p in passes), 1),
-        "p99_ms": round(med(p["p99_ms"] for p in passes), 1),
-        "cpu_s": {name: round(med(p["cpu_s"][name] for p in passes), 3) for name in passes[0]["cpu_s"]},
-        "cpu_s_server_worker": round(med(p["cpu_s_server_worker"] for p in passes), 3),
-        "cpu_s_engine_total": round(med(p["cpu_s_engine_total"] for p in passes), 3),
     }
 
 
