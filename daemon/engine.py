@@ -132,11 +132,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - the published path takes over
                 log.info("outcome not applied here, publishing it", error=_short(exc), type=event.type)
                 return False
-            try:
-                self._after(applied)
-            except Exception as exc:  # noqa: BLE001 - committed: the sweep re-drives its effects
-                log.error("post-commit hand-off failed; the sweep will re-drive", error=repr(exc))
-            crash_point("after_commit", event.type)
+            self._committed(applied, event.type)
             return True
 
     def fire_timer(self, run_id: str, seq: int) -> Applied:
@@ -155,12 +151,16 @@ class Engine:
                 applied = work(msg)
             except Exception as exc:  # noqa: BLE001 - the boundary: never crash the subscriber
                 return self._failed(msg, exc)
-            try:
-                self._after(applied)
-            except Exception as exc:  # noqa: BLE001 - committed: the sweep re-drives its effects
-                log.error("post-commit hand-off failed; the sweep will re-drive", error=repr(exc))
-            crash_point("after_commit", msg.attributes.get("type", ""))
+            self._committed(applied, msg.attributes.get("type", ""))
             return Verdict.ACK
+
+    def _committed(self, applied: Applied, event_type: str) -> None:
+        """After a commit, however the event arrived: hand its effects on, then the crash point."""
+        try:
+            self._after(applied)
+        except Exception as exc:  # noqa: BLE001 - committed: the sweep re-drives its effects
+            log.error("post-commit hand-off failed; the sweep will re-drive", error=repr(exc))
+        crash_point("after_commit", event_type)
 
     def _failed(self, msg: Inbound, exc: Exception) -> Verdict:
         """Only a transient failure is nacked; one that would fail the same way every time is
