@@ -88,6 +88,9 @@ class Daemon:
         return self.effects.health()
 
     def start(self) -> None:
+        # Named before any background work: the effect sweep may claim work (and a crash test
+        # kill the process) before "daemon started" is logged.
+        log.info("daemon starting", replica=self.settings.replica_id)
         ensure_daemon_plumbing(self.settings)
         self.wakeups.start()
         self.effects.start()

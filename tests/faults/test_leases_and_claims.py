@@ -140,7 +140,7 @@ def test_kill_during_claim_or_heartbeat_then_restart(settings, db, daemons, tmp_
     assert (faults / f"{point}-any").exists()
     # the kill hit while the dead daemon held the effect: it had claimed it (and, for the
     # heartbeat, started it) before dying
-    replica = _lines(second.log_path, "daemon started")[0]["replica"]
+    replica = _lines(second.log_path, "daemon starting")[0]["replica"]  # logged before its sweep claims
     effect = db.collection(settings.collection).document(run_id).collection("effects").document(CONFIGGEN).get()
     assert effect.get("owner") == replica, f"the second daemon died before claiming {CONFIGGEN}:\n{tail(second.log_path)}"
     if point == "during_heartbeat":
