@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # instead of a Pub/Sub round trip (published only if that apply fails). Off: every outcome
     # travels through the events topic, as outcomes of other replicas' effects always do.
     eager_outcomes: bool = True
+    # With eager outcomes, the first outcome of a run waits up to this long while other effects
+    # of the run still run here, so theirs are applied in the same transaction (group commit).
+    outcome_batch_wait_seconds: float = Field(default=0.02, ge=0.0, le=1.0)
     preflight_concurrency: int = 4
     preflight_timeout_seconds: float = 120.0
     build_concurrency: int = 4

@@ -62,6 +62,9 @@ class Job:
     deadline: float = math.inf
     slot: bool = False  # holds one of its kind's slots
     abandoned: bool = False  # past its deadline: its thread is left to finish alone
+    counted: bool = False  # in the dispatcher's count of its run's running effects
+    # When its lease was granted (just before this job was made) or last renewed, monotonic.
+    leased_at: float = field(default_factory=time.monotonic)
     # Set when the lease is lost (the run was cancelled, or another replica took the effect
     # over): a handler that watches ``EffectContext.cancelled`` stops its work.
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -112,12 +115,18 @@ class Dispatcher:
         self._live = 0  # worker threads taking work
         self._idle = 0
         self._hung = 0  # abandoned threads still inside a handler
+        self._running: dict[str, int] = {}  # run id -> its jobs inside a handler (Job.counted)
 
     # ---- the table of held effects ---------------------------------------------------
     @property
     def busy(self) -> int:
         with self.lock:
             return sum(1 for j in self.held.values() if j.state != "reported")
+
+    def running_for(self, run_id: str) -> int:
+        """How many effects of ``run_id`` a worker here is running (their outcomes are near)."""
+        with self.lock:
+            return self._running.get(run_id, 0)
 
     def submit(self, run: RunView, leased: LeasedEffect) -> bool:
         """Take an effect leased to this replica; False if it is held already or there is no room
@@ -192,6 +201,7 @@ class Dispatcher:
         with self._cv:
             for job in [j for j in self.held.values() if j.state == "running" and now > j.deadline]:
                 job.state, job.abandoned = "reporting", True
+                self._uncount(job)
                 self._hung += 1
                 self._live -= 1
                 self._release_slot(job)
@@ -255,6 +265,15 @@ class Dispatcher:
         else:
             self._free[job.kind] += 1
 
+    def _uncount(self, job: Job) -> None:
+        """Its handler is done (or given up): out of the count ``running_for`` reads."""
+        if job.counted:
+            job.counted = False
+            run_id = job.key[0]
+            self._running[run_id] -= 1
+            if not self._running[run_id]:
+                del self._running[run_id]
+
     def _unqueue(self, job: Job) -> None:
         """A job dropped before it ran: out of its queue, its slot to the next."""
         if job.state == "waiting":
@@ -277,6 +296,8 @@ class Dispatcher:
                 job = self._ready.popleft()
                 job.state, job.since = "running", time.monotonic()
                 job.deadline = job.since + deadline_for(self.settings, job.kind)
+                job.counted = True
+                self._running[job.key[0]] = self._running.get(job.key[0], 0) + 1
             self._run(job)
             with self._cv:
                 self._release_slot(job)
@@ -293,6 +314,7 @@ class Dispatcher:
                 log.error("effect crashed outside its handler", error=repr(exc))
             finally:
                 with self.lock:
+                    self._uncount(job)
                     if self.held.get(job.key) is job and job.state in ("running", "reporting") and not job.abandoned:
                         del self.held[job.key]
 
@@ -350,6 +372,7 @@ class Dispatcher:
         (which, with eager outcomes, is a whole transaction)."""
         with self._cv:
             self._release_slot(job)
+            self._uncount(job)
             if self.held.get(job.key) is job and job.state == "running":
                 job.state = "reporting"
                 return True

@@ -39,6 +39,7 @@ class Leaser:
             dispatcher.retry_scheduled = self.wake
         # How often the heartbeat looks for overdue effects: a few times per lease, at most 1 s.
         self.tick = min(max(settings.effect_lease_seconds / 3, 0.2), 1.0)
+        self.period = max(settings.effect_lease_seconds / 3, 0.2)  # between lease renewals
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -84,7 +85,7 @@ class Leaser:
 
     # ---- heartbeat -------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        period = max(self.settings.effect_lease_seconds / 3, 0.2)
+        period = self.period
         next_renewal = time.monotonic() + period
         while not self.dispatcher.stop.wait(self.tick):
             self._expire_overdue()
@@ -93,20 +94,30 @@ class Leaser:
                 self.renew()
 
     def renew(self) -> None:
-        """Extend the leases this replica holds; drop those it lost."""
+        """Extend the leases this replica holds; drop those it lost.
+
+        A lease granted or renewed less than a renewal period ago is checked but not written:
+        it still has two periods to run, and the next heartbeat renews it."""
         dispatcher = self.dispatcher
+        now = time.monotonic()
         with dispatcher.lock:
             # An outcome not applied within a few leases is given up: the sweep re-drives it.
-            cutoff = time.monotonic() - 5 * self.settings.effect_lease_seconds
+            cutoff = now - 5 * self.settings.effect_lease_seconds
             for key in [k for k, j in dispatcher.held.items() if j.state == "reported" and j.since < cutoff]:
                 del dispatcher.held[key]
             held = {k: j.claim for k, j in dispatcher.held.items()}
+            fresh = {k for k, j in dispatcher.held.items() if j.leased_at > now - self.period}
         try:
-            lost = self.store.extend_leases(held)
+            lost = self.store.extend_leases(held, fresh)
         except Exception as exc:  # noqa: BLE001
             log.warning("lease heartbeat failed", error=repr(exc))
             return
         crash_point("during_heartbeat", "")
+        with dispatcher.lock:
+            for key in held.keys() - lost - fresh:
+                job = dispatcher.held.get(key)
+                if job is not None and job.claim == held[key]:
+                    job.leased_at = now
         if lost:
             self._drop_lost({k: held[k] for k in lost})
 

@@ -95,6 +95,10 @@ class EffectRunner:
     def busy(self) -> int:
         return self._dispatcher.busy
 
+    def running_for(self, run_id: str) -> int:
+        """How many effects of ``run_id`` a worker here is running now."""
+        return self._dispatcher.running_for(run_id)
+
     def settle(self, run_id: str, effect_id: str) -> None:
         """The outcome of an effect was applied (here or by another replica): stop leasing it."""
         self._dispatcher.settle(run_id, effect_id)

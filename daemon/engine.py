@@ -119,8 +119,11 @@ class Engine:
         log.warning("dead letter recorded", message_id=msg.message_id, source=source)
         return Verdict.ACK
 
-    def apply_outcome(self, event: Event, attributes: Mapping[str, str]) -> bool:
-        """Apply the outcome of an effect this replica ran, without Pub/Sub (daemon/outcome_delivery.py).
+    def apply_outcome(
+        self, event: Event, attributes: Mapping[str, str], apply: Callable[[Event], Applied] | None = None
+    ) -> bool:
+        """Apply the outcome of an effect this replica ran, without Pub/Sub (daemon/outcome_delivery.py),
+        by ``apply`` (with the run's other outcomes: daemon/outcome_batches.py) or on its own.
 
         False if it could not be applied: the caller publishes it then, and the events path
         retries it or records why it is refused. Its audit record's message id is ``eager``."""
@@ -128,7 +131,7 @@ class Engine:
             run_id=event.run_id, message_id="eager", trace_id=trace_of(attributes)
         ):
             try:
-                applied = self.store.apply(event, message_id="eager")
+                applied = apply(event) if apply is not None else self.store.apply(event, message_id="eager")
             except Exception as exc:  # noqa: BLE001 - the published path takes over
                 log.info("outcome not applied here, publishing it", error=_short(exc), type=event.type)
                 return False

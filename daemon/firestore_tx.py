@@ -8,8 +8,9 @@ writes are buffered and sent by one Commit, an ``Aborted`` commit re-runs the wh
 retry names the first attempt's id, keeping its place in line), any other error rolls back.
 
 It drives the client's transaction through the same private members the library's own
-``transactional`` uses (``_id``, ``_commit``, ``_rollback``, ``_clean_up``); the behaviour is
-pinned against the emulator by tests/integration/test_firestore_tx.py.
+``transactional`` uses (``_id``, ``_write_pbs``, ``_rollback``, ``_clean_up``), and sends the read
+and the commit as raw protobufs (:mod:`daemon.firestore_rpc`); the behaviour is pinned against
+the emulator by tests/integration/test_firestore_tx.py.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import grpc
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.api_core.exceptions import Aborted
 from google.cloud import firestore
 from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.base_client import _DEFAULT_CHANNEL_OPTIONS, _GRPC_MSG_SIZE_OPTIONS
 from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 from google.cloud.firestore_v1.services.firestore.transports.grpc import FirestoreGrpcTransport
-from google.cloud.firestore_v1.types import TransactionOptions
 
+from daemon.firestore_rpc import rpc_of
 from devtools.faults import transaction_window
 
 T = TypeVar("T")
@@ -56,7 +58,8 @@ def _run(client: firestore.Client, refs: Sequence[Any], body: Body[T], max_attem
             retry_id = retry_id or transaction._id
             result = body(transaction, snapshots)
             try:
-                transaction._commit()
+                rpc_of(client).commit(cast(bytes, transaction._id), transaction._write_pbs)
+                transaction._clean_up()
                 return result
             except Aborted as exc:  # contention: run the body again on fresh reads
                 last = exc
@@ -88,26 +91,51 @@ def begin_with_read(client: firestore.Client, transaction: firestore.Transaction
     """One BatchGetDocuments that begins ``transaction`` and returns the documents by path;
     with ``fields``, only those top-level fields of each document (a Firestore field mask)."""
     reference_map = {ref._document_path: ref for ref in refs}
-    options = TransactionOptions(read_write=TransactionOptions.ReadWrite(retry_transaction=retry_id or b""))
-    request: dict[str, Any] = {"database": client._database_string, "documents": list(reference_map),
-                               "new_transaction": options}
-    if fields is not None:
-        request["mask"] = {"field_paths": list(fields)}
     snapshots: Snapshots = {}
-    for response in client._firestore_api.batch_get_documents(request=request, metadata=client._rpc_metadata):
-        pb = response._pb  # the raw protobuf: no proto-plus wrapper per field access
+    for pb in rpc_of(client).batch_get(list(reference_map), retry_id=retry_id, fields=fields):
         if pb.transaction:
             transaction._id = pb.transaction
         result = pb.WhichOneof("result")
         if result == "found":
             ref = reference_map[pb.found.name]
-            snapshots[ref.path] = ReadDoc(ref, True, cast(dict[str, Any], _helpers.decode_dict(pb.found.fields, client)))
+            snapshots[ref.path] = ReadDoc(ref, True, decode_fields(pb.found.fields, client))
         elif result == "missing":
             ref = reference_map[pb.missing]
             snapshots[ref.path] = ReadDoc(ref, False, None)
     if not transaction._id:
         raise RuntimeError("Firestore began no transaction with the read")  # the API promises one
     return snapshots
+
+
+def decode_fields(fields: Any, client: firestore.Client) -> dict[str, Any]:
+    """A document's raw ``fields`` as Python values, as ``_helpers.decode_dict`` decodes them
+    (the same types: ``DatetimeWithNanoseconds``, lists, dicts) at about half its cost. A map
+    that may be one of the library's special encodings (a vector, a BSON value: one key, or
+    ``__type__``) and every rarer type are left to the library itself."""
+    if len(fields) == 1 or "__type__" in fields:
+        return cast(dict[str, Any], _helpers.decode_dict(fields, client))
+    return {key: _decode(value, client) for key, value in fields.items()}
+
+
+def _decode(value: Any, client: firestore.Client) -> Any:
+    kind = value.WhichOneof("value_type")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "map_value":
+        return decode_fields(value.map_value.fields, client)
+    if kind == "integer_value":
+        return value.integer_value
+    if kind == "timestamp_value":
+        return DatetimeWithNanoseconds.from_timestamp_pb(value.timestamp_value)
+    if kind == "null_value":
+        return None
+    if kind == "boolean_value":
+        return value.boolean_value
+    if kind == "double_value":
+        return value.double_value
+    if kind == "array_value":
+        return [_decode(item, client) for item in value.array_value.values]
+    return _helpers.decode_value(value, client)  # bytes, references, geo points
 
 
 def store_client(project: str) -> firestore.Client:

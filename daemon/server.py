@@ -64,7 +64,9 @@ class Daemon:
             settled=self.effects.settle,
         )
         # Outcomes of effects run here are applied here at once (published only as a fallback).
-        self.effects.publish = OutcomeDelivery(self.engine, self.publisher.publish, eager=settings.eager_outcomes)
+        self.effects.publish = OutcomeDelivery(
+            self.engine, self.publisher.publish, eager=settings.eager_outcomes, running=self.effects.running_for,
+            batch_wait=settings.outcome_batch_wait_seconds)
         self.timers = TimerSweep(self.engine, settings.sweep_interval_seconds, self.wakeups)
         self.intake = PullIntake(settings, self.engine)
         self.healthy = Health(self)

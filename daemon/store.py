@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,89 +25,27 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from daemon import rejected
 from daemon.architectures import Architectures
 from daemon.firestore_tx import Snapshots, run_transaction
-from daemon.firestore_writes import create_doc, set_doc, update_doc
+from daemon.firestore_writes import create_doc, set_doc
+from daemon.store_apply import RunApply
 from daemon.store_leases import EffectLeases, utcnow
+from daemon.store_records import (  # re-exported: the store's callers import them from here
+    EFFECTS,
+    EVENTS,
+    Applied,
+    audit_record,
+    run_fields,
+    run_state,
+    run_view,
+    stored_limits,
+)
 from daemon.store_targets import Targets, start_on_busy_target
-from handlers.base import outcome_mismatch
-from machines.errors import UnknownRun
-from machines.messages import EffectSpec, Event, RunState, RunView
-from machines.orchestration import (
-    Decision,
-    decide,
-    rejected_start,
-    start_run,
-)
+from machines.messages import EffectSpec
+from machines.orchestration import rejected_start, start_run
 
-EFFECTS = "effects"
-EVENTS = "events"
-
-# Fields of the run document the machine owns; everything else (architecture, source_root)
-# is written once at start.
-_MACHINE_FIELDS = (
-    "state",
-    "status",
-    "version",
-    "error",
-    "progress",
-    "outputs",
-    "attempt",
-    "failed_state",
-    "wake_at",
-    "timer",
-    "timer_seq",
-    "updated_at",
-)
+__all__ = ["EFFECTS", "EVENTS", "Applied", "RunStore", "run_fields", "run_state", "run_view", "stored_limits"]
 
 
-@dataclass(frozen=True)
-class Applied:
-    """The result of one message: its outcome and, if it changed the run, what to do next."""
-
-    outcome: str
-    run_id: str
-    detail: str = ""
-    decision: Decision | None = None
-    effects: tuple[EffectSpec, ...] = ()
-    run: RunView | None = None  # the run after this message, as its effects' handlers see it
-    settled_effect: str | None = None  # the effect whose outcome this message was (now done)
-    claims: Mapping[str, str] = field(default_factory=dict)  # effect_id -> claim: effects leased to this replica
-
-    @property
-    def from_state(self) -> str | None:
-        return self.decision.from_state if self.decision else None
-
-    @property
-    def to_state(self) -> str | None:
-        return self.decision.to_state if self.decision else None
-
-
-# What ``apply`` reads of the run and, in the same request, of the effect an outcome settles:
-# everything but the run's architecture (daemon/architectures.py).
-_READ_IN_APPLY = sorted(
-    (set(RunState.model_fields) | set(RunView.model_fields) | {"target", "architecture_name"}) - {"architecture"}
-    | {"kind", "item", "claim", "status"}
-)
-
-
-def run_fields(run: RunState) -> dict[str, Any]:
-    """The machine's fields of a run as Firestore stores them."""
-    return run.model_dump(mode="python", include=set(_MACHINE_FIELDS))
-
-
-def stored_limits(limits: Mapping[str, timedelta]) -> dict[str, float]:
-    return {key: duration.total_seconds() for key, duration in limits.items()}
-
-
-def run_state(doc: Mapping[str, Any]) -> RunState:
-    """A run document as the machine's record (limits are stored as seconds; pydantic reads them back)."""
-    return RunState.model_validate(doc)
-
-
-def run_view(doc: Mapping[str, Any]) -> RunView:
-    return RunView.model_validate(doc)
-
-
-class RunStore(EffectLeases):
+class RunStore(RunApply, EffectLeases):
     """The run repository: reads, the one transaction per message, and (from
     :class:`EffectLeases`) the lease writes of the effects; rejected messages in :mod:`daemon.rejected`."""
 
@@ -191,7 +128,7 @@ class RunStore(EffectLeases):
                 set_doc(
                     transaction,
                     run_ref.collection(EVENTS).document(f"{event_id}~dup~{message_id}"),
-                    _audit(event_id, "command.start", None, message_id, now, snap.get("state"), None, "duplicate",
+                    audit_record(event_id, "command.start", None, message_id, now, snap.get("state"), None, "duplicate",
                            f"run {run_id} already exists; start ignored"),
                 )
                 return Applied("duplicate", run_id, "run already exists")
@@ -216,7 +153,7 @@ class RunStore(EffectLeases):
             set_doc(
                 transaction,
                 run_ref.collection(EVENTS).document(event_id),
-                _audit(event_id, "command.start", None, message_id, now, "pending", decision.to_state, "applied",
+                audit_record(event_id, "command.start", None, message_id, now, "pending", decision.to_state, "applied",
                        decision.detail, version=decision.run.version),
             )
             claims = self._write_effects(transaction, run_ref, decision.effects, now)
@@ -226,98 +163,6 @@ class RunStore(EffectLeases):
 
         with self._serial(run_id):
             return run_transaction(self.client, refs, tx)
-
-    def apply(self, event: Event, message_id: str) -> Applied:
-        """Apply one event to its run in one transaction.
-
-        An event carrying ``effect_id`` is that effect's outcome. The effect is read by the same
-        ``get_all`` as the run (no extra round trip) and the same commit marks it done, but only
-        if the event is an outcome of its kind and item and comes from its current claim: the
-        outcome of a superseded claim (a replica that lost the lease) is recorded ``ignored``.
-        """
-        run_ref = self.runs.document(event.run_id)
-        event_ref = run_ref.collection(EVENTS).document(event.event_id)
-        effect_id = event.data.get("effect_id") if isinstance(event.data.get("effect_id"), str) else None
-        effect_ref = run_ref.collection(EFFECTS).document(effect_id) if effect_id else None
-        refs = [run_ref, event_ref] + ([effect_ref] if effect_ref is not None else [])
-
-        def tx(transaction: firestore.Transaction, snaps: Snapshots) -> Applied:
-            now = utcnow()
-            run_snap, event_snap = snaps[run_ref.path], snaps[event_ref.path]
-            if not run_snap.exists:
-                raise UnknownRun(f"no run with id {event.run_id!r}")
-            doc = run_snap.to_dict() or {}
-            effect_snap = snaps.get(effect_ref.path) if effect_ref is not None else None
-            effect = (effect_snap.to_dict() or {}) if effect_snap is not None and effect_snap.exists else None
-            refused = _not_its_outcome(event, effect)
-            if refused:  # settles nothing and changes nothing; a valid twin may still come
-                set_doc(
-                    transaction,
-                    run_ref.collection(EVENTS).document(f"{event.event_id}~ign~{message_id}"),
-                    _audit(event.event_id, event.type, event.item, message_id, now, doc.get("state"), None,
-                           "ignored", refused),
-                )
-                return Applied("ignored", event.run_id, refused)
-            settles = effect_ref if effect is not None and effect.get("status") == "pending" else None
-            if event_snap.exists:
-                dup_id = f"{event.event_id}~dup~{message_id}"
-                set_doc(
-                    transaction,
-                    run_ref.collection(EVENTS).document(dup_id),
-                    _audit(event.event_id, event.type, event.item, message_id, now, doc.get("state"), None,
-                           "duplicate", "already applied"),
-                )
-                self._mark_done(transaction, settles, now)
-                return Applied("duplicate", event.run_id, "already applied", settled_effect=effect_id)
-            run = run_state(doc)
-            target = doc.get("target") if isinstance(doc.get("target"), str) else None
-            lock, event_now, busy = self.targets.before_decision(transaction, run, event, target)
-            if busy:  # a retry or teardown must wait until the target is free: nothing changes
-                set_doc(
-                    transaction,
-                    run_ref.collection(EVENTS).document(f"{event.event_id}~ign~{message_id}"),
-                    _audit(event.event_id, event.type, event.item, message_id, now, doc.get("state"), None,
-                           "ignored", busy),
-                )
-                return Applied("ignored", event.run_id, busy)
-            decision = decide(run, event_now, now)
-            # A cancelled run's pending effects are cancelled with it: the replicas running them
-            # lose their leases at the next renewal and stop (EffectContext.cancelled). Read
-            # here: every read of a transaction comes before its first write.
-            stopped = (list(transaction.get(run_ref.collection(EFFECTS).where(
-                filter=FieldFilter("status", "==", "pending"))))
-                if decision.applied and decision.to_state == "cancelled" else [])
-            if decision.applied and target is not None:
-                self.targets.after_decision(transaction, decision, target, lock, now)
-            if decision.applied:
-                fields = run_fields(decision.run)
-                # Only the fields this transition changed (always version and updated_at): the
-                # document ends the same, with less to encode and send than every machine field.
-                update_doc(transaction, run_ref, {k: v for k, v in fields.items() if k not in doc or doc[k] != v})
-                record_id = event.event_id
-                doc = doc | fields
-            else:  # an ignored event does not consume its id: a valid twin may still come
-                record_id = f"{event.event_id}~ign~{message_id}"
-            set_doc(
-                transaction,
-                run_ref.collection(EVENTS).document(record_id),
-                _audit(event.event_id, event_now.type, event.item, message_id, now, decision.from_state,
-                       decision.to_state if decision.applied else None, decision.outcome, decision.detail,
-                       version=decision.run.version if decision.applied else None),
-            )
-            for snap in stopped:
-                transaction.update(snap.reference, {"status": "cancelled", "done_at": now})
-            claims = self._write_effects(transaction, run_ref, decision.effects, now)
-            self._mark_done(transaction, settles, now)
-            return Applied(decision.outcome, event.run_id, decision.detail, decision, decision.effects, run_view(doc),
-                           effect_id, claims)
-
-        with self._serial(event.run_id):
-            applied = run_transaction(self.client, refs, tx, fields=_READ_IN_APPLY)
-        if applied.effects and applied.run is not None:  # their handlers read the architecture
-            architecture = self.architectures.of(event.run_id)
-            applied = replace(applied, run=applied.run.model_copy(update={"architecture": architecture}))
-        return applied
 
     def _write_effects(
         self, transaction: firestore.Transaction, run_ref: Any, effects: Sequence[EffectSpec], now: datetime
@@ -344,12 +189,6 @@ class RunStore(EffectLeases):
                 },
             )
         return claims
-
-    @staticmethod
-    def _mark_done(transaction: firestore.Transaction, effect_ref: Any, now: datetime) -> None:
-        # Conditional through the transaction: the effect was read (pending) by the same get_all.
-        if effect_ref is not None:
-            update_doc(transaction, effect_ref, {"status": "done", "done_at": now})
 
     # ---- rejected input ----------------------------------------------------------------
     def record_rejected(
@@ -398,48 +237,3 @@ class _RunLocks:
                 users[0] -= 1
                 if not users[0]:
                     del self._locks[run_id]
-
-
-def _audit(
-    event_id: str,
-    type_: str,
-    item: str | None,
-    message_id: str,
-    now: datetime,
-    from_state: str | None,
-    to_state: str | None,
-    outcome: str,
-    detail: str,
-    version: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "type": type_,
-        "item": item,
-        "message_id": message_id,
-        "received_at": now,
-        "from_state": from_state,
-        "to_state": to_state,
-        "outcome": outcome,
-        "detail": detail[:500],
-        "version": version,
-    }
-
-
-def _not_its_outcome(event: Event, effect: Mapping[str, Any] | None) -> str | None:
-    """Why an event naming an effect must not settle it nor move the run (None if it may).
-
-    An event stamped with an effect it cannot be the outcome of (another kind or item) is a bug
-    or a forgery; one from a claim the effect no longer has comes from a replica that lost the
-    lease while another ran the effect again. Both are recorded ``ignored``, not applied. Events
-    without a claim (Cloud Build's notifications) are checked for kind and item only.
-    """
-    if effect is None:
-        return None
-    mismatch = outcome_mismatch(str(effect.get("kind")), effect.get("item"), event.type, event.item)
-    if mismatch:
-        return f"not an outcome of effect {effect.get('effect_id')!r}: {mismatch}"
-    claim = event.data.get("claim")
-    if claim is not None and claim != effect.get("claim"):
-        return f"superseded claim: effect {effect.get('effect_id')!r} is held by claim {effect.get('claim')!r}, not {claim!r}"
-    return None

@@ -12,7 +12,7 @@ may replace it on a store). Where effects live (``_effect_ref``) and the sweep's
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -126,10 +126,12 @@ class EffectLeases:
         run = run_ref.get()
         return (leased_effect(claimed), RunView.model_validate(run.to_dict() or {})) if run.exists else None
 
-    def extend_leases(self, held: Mapping[Key, str]) -> set[Key]:
+    def extend_leases(self, held: Mapping[Key, str], fresh: Collection[Key] = ()) -> set[Key]:
         """Renew the leases of ``{(run_id, effect_id): claim}``; returns the keys no longer ours
-        (taken by another claim, or settled): the runner drops those."""
-        return self._write_if_claimed(held, {"lease_expires": utcnow() + self.lease})
+        (taken by another claim, or settled): the runner drops those. The ``fresh`` ones (granted
+        or renewed moments ago) are only checked, not written: a write is what makes a
+        heartbeat cost, and under load it collides with the applies settling them."""
+        return self._write_if_claimed(held, {"lease_expires": utcnow() + self.lease}, fresh)
 
     def release_leases(self, held: Mapping[Key, str]) -> None:
         """On shutdown: hand queued effects back so another replica takes them at once. They never
@@ -138,22 +140,27 @@ class EffectLeases:
         self._write_if_claimed(held, {"lease_expires": utcnow(), "recheck": True})
 
     # ---- conditional writes ------------------------------------------------------------
-    def _write_if_claimed(self, held: Mapping[Key, str], fields: Mapping[str, Any]) -> set[Key]:
-        """Write ``fields`` to each effect still pending under its claim; return the keys that are not."""
+    def _write_if_claimed(self, held: Mapping[Key, str], fields: Mapping[str, Any],
+                          check_only: Collection[Key] = ()) -> set[Key]:
+        """Write ``fields`` to each effect still pending under its claim (except those in
+        ``check_only``, only read); return the keys that are not."""
         lost: set[Key] = set()
         keys = list(held)
         for i in range(0, len(keys), _GUARDED_BATCH):
             chunk = {k: held[k] for k in keys[i : i + _GUARDED_BATCH]}
-            lost |= self._write_chunk_if_claimed(chunk, fields)
+            lost |= self._write_chunk_if_claimed(chunk, fields, check_only)
         return lost
 
-    def _write_chunk_if_claimed(self, held: Mapping[Key, str], fields: Mapping[str, Any]) -> set[Key]:
+    def _write_chunk_if_claimed(self, held: Mapping[Key, str], fields: Mapping[str, Any],
+                                check_only: Collection[Key]) -> set[Key]:
         """One conditional batch for the chunk; if any effect changed between read and write (an
         apply, a claim: likely under load), each one on its own, so one busy effect cannot keep
         every other lease of this replica from being renewed."""
         lost: set[Key] = set()
         batch, writes = self.client.batch(), 0
-        for _key, snap in self._pending_under_claim(held, lost):
+        for key, snap in self._pending_under_claim(held, lost):
+            if key in check_only:
+                continue
             batch.update(snap.reference, dict(fields), option=self.client.write_option(last_update_time=snap.update_time))
             writes += 1
         if not writes:
@@ -163,7 +170,7 @@ class EffectLeases:
             return lost
         except FailedPrecondition:
             pass
-        for key in [k for k in held if k not in lost]:
+        for key in [k for k in held if k not in lost and k not in check_only]:
             try:
                 if not self._write_one_if_claimed(key, held[key], fields):
                     lost.add(key)

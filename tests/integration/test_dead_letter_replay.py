@@ -54,19 +54,19 @@ def test_a_dead_letter_is_stored_whole_listed_replayed_and_applied_once(settings
     s = settings.model_copy(update={"effect_lease_seconds": 600.0})
     daemon = daemon_factory(s)
     down = {"start": True, "event": True}
-    real_start, real_apply = daemon.store.start, daemon.store.apply
+    real_start, real_apply_many = daemon.store.start, daemon.store.apply_many
 
     def flaky_start(run_id, *args, **kwargs):
         if run_id == RUN and down["start"]:
             raise ServiceUnavailable("firestore is away")
         return real_start(run_id, *args, **kwargs)
 
-    def flaky_apply(event, message_id):
-        if event.run_id == RUN and event.type == "config.generated" and down["event"]:
+    def flaky_apply_many(run_id, items):  # every apply, eager or from the events topic
+        if run_id == RUN and any(e.type == "config.generated" for e, _ in items) and down["event"]:
             raise ServiceUnavailable("firestore is away")
-        return real_apply(event, message_id)
+        return real_apply_many(run_id, items)
 
-    daemon.store.start, daemon.store.apply = flaky_start, flaky_apply
+    daemon.store.start, daemon.store.apply_many = flaky_start, flaky_apply_many
     yaml_text = ARCHITECTURE_YAML + "".join(f"# padding line {i:06d} {'x' * 80}\n" for i in range(9_500))
     assert len(yaml_text) < 1024 * 1024  # an architecture's limit
     body = json.dumps(start_body(RUN, yaml_text)).encode()

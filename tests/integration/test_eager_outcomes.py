@@ -59,16 +59,18 @@ def test_an_outcome_that_cannot_be_applied_here_is_published_and_applied_from_th
 
     daemon = daemon_factory(settings)
     sent = _count_publishes(daemon)
-    real_apply = daemon.store.apply
+    batches = daemon.effects.publish.batches  # daemon/outcome_batches.OutcomeBatches
+    real_apply = batches.apply_many
     refused: list[str] = []
 
-    def flaky_apply(event, message_id):
-        if message_id == "eager" and event.type == "build.succeeded":
-            refused.append(event.event_id)
+    def flaky_apply(run_id, items):
+        builds = [event.event_id for event, _ in items if event.type == "build.succeeded"]
+        if builds:  # the whole batch fails: each of its outcomes is published
+            refused.extend(builds)
             raise ServiceUnavailable("firestore is away for this replica")
-        return real_apply(event, message_id)
+        return real_apply(run_id, items)
 
-    daemon.store.apply = flaky_apply
+    batches.apply_many = flaky_apply
     publish(settings, start_body("fallback-1"))
     assert wait_status(db, settings, "fallback-1")["status"] == "succeeded"
     applied = assert_consistent(db, settings, "fallback-1")

@@ -91,6 +91,25 @@ def test_a_stolen_lease_refuses_every_write_of_its_first_owner(stores):
     assert effect_doc(b, "lease-1")["lease_expires"] >= taken["lease_expires"]
 
 
+def test_a_fresh_lease_is_checked_but_not_written_and_a_lost_one_is_still_found(stores):
+    a, b = stores
+    claim_1 = started(a, "fresh-1").claims[EFFECT]
+    claim_2 = started(a, "fresh-2").claims[EFFECT]
+    first, second = ("fresh-1", EFFECT), ("fresh-2", EFFECT)
+    before = effect_doc(a, "fresh-1")
+    expire(a, "fresh-2")
+    assert b.claim_effect("fresh-2", EFFECT) is not None  # B took run 2's effect over
+    taken = effect_doc(b, "fresh-2")
+
+    # both fresh: nothing written, but the stolen one is reported lost
+    assert a.extend_leases({first: claim_1, second: claim_2}, fresh={first, second}) == {second}
+    assert effect_doc(a, "fresh-1") == before and effect_doc(a, "fresh-2") == taken
+
+    # not fresh any more: renewed
+    assert a.extend_leases({first: claim_1}) == set()
+    assert effect_doc(a, "fresh-1")["lease_expires"] > before["lease_expires"]
+
+
 def test_the_outcome_of_a_superseded_claim_is_ignored_and_the_current_one_applies(stores):
     a, b = stores
     claim_a = started(a, "lease-2").claims[EFFECT]
@@ -98,7 +117,7 @@ def test_the_outcome_of_a_superseded_claim_is_ignored_and_the_current_one_applie
     claim_b = b.claim_effect("lease-2", EFFECT)[0].claim  # type: ignore[index]
 
     late = a.apply(outcome("lease-2", claim_a), "msg-a")
-    assert late.outcome == "ignored" and "superseded claim" in late.detail
+    assert late.outcome == "ignored" and f"superseded claim: effect {EFFECT!r}" in late.detail
     assert late.settled_effect is None
     assert effect_doc(a, "lease-2")["status"] == "pending"
     assert (a.get("lease-2") or {})["state"] == "generating_config"

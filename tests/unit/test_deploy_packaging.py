@@ -706,8 +706,12 @@ class Query:
 
 
 def _module_constants(tree: ast.Module) -> dict[str, str]:
+    """String constants of a module, its own and those it imports from the project's modules."""
     out = {}
     for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and (REPO / (node.module.replace(".", "/") + ".py")).is_file():
+            theirs = _module_constants(ast.parse((REPO / (node.module.replace(".", "/") + ".py")).read_text()))
+            out.update({(a.asname or a.name): theirs[a.name] for a in node.names if a.name in theirs})
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             for target in node.targets:
                 if isinstance(target, ast.Name):

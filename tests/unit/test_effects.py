@@ -354,7 +354,7 @@ def test_healthz_answers_503_with_the_reason():
 
 
 def test_a_lost_lease_drops_the_effect_and_its_late_result(store, gate):
-    store.extend_leases.side_effect = lambda held: set(held)  # another claim took every one
+    store.extend_leases.side_effect = lambda held, fresh=(): set(held)  # another claim took every one
     runner, published = make_runner(store, {"build": lambda ctx: gate.wait(10) and [Outcome("build.succeeded", ctx.item)]},
                                     effect_lease_seconds=0.6)
     runner.start()
@@ -365,6 +365,25 @@ def test_a_lost_lease_drops_the_effect_and_its_late_result(store, gate):
     gate.set()
     time.sleep(0.2)
     assert published == []  # its result is not reported
+    runner.shutdown(grace=1)
+
+
+def test_a_lease_granted_moments_ago_is_only_checked_then_renewed_once_a_period_old(store, gate):
+    store.extend_leases.return_value = set()
+    runner, _ = make_runner(store, {"build": lambda ctx: gate.wait(10) and []}, effect_lease_seconds=30.0)
+    submit(runner, EffectSpec(effect_id="b", kind="build", item="s"))
+    key = ("r1", "b")
+    wait_until(lambda: runner._held[key].state == "running", what="the build to start")
+    runner.renew()  # its lease was granted with the effect: still fresh
+    held, fresh = store.extend_leases.call_args.args
+    assert held == {key: "claim-b"} and fresh == {key}
+    runner._held[key].leased_at -= 11.0  # a period (10 s) later
+    runner.renew()
+    held, fresh = store.extend_leases.call_args.args
+    assert held == {key: "claim-b"} and fresh == set()
+    runner.renew()  # just renewed: fresh again
+    assert store.extend_leases.call_args.args[1] == {key}
+    gate.set()
     runner.shutdown(grace=1)
 
 
