@@ -40,6 +40,7 @@ class Leaser:
         # How often the heartbeat looks for overdue effects: a few times per lease, at most 1 s.
         self.tick = min(max(settings.effect_lease_seconds / 3, 0.2), 1.0)
         self.period = max(settings.effect_lease_seconds / 3, 0.2)  # between lease renewals
+        self._rewrite_all = False  # the last heartbeat failed: write every lease at the next
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -96,8 +97,10 @@ class Leaser:
     def renew(self) -> None:
         """Extend the leases this replica holds; drop those it lost.
 
-        A lease granted or renewed less than a renewal period ago is checked but not written:
-        it still has two periods to run, and the next heartbeat renews it."""
+        A lease granted or renewed less than a quarter of a renewal period ago is checked but
+        not written (most effects settle within moments): the next heartbeat, a period later,
+        writes it with more than half the lease left, as before. After a failed heartbeat the
+        next one writes every lease."""
         dispatcher = self.dispatcher
         now = time.monotonic()
         with dispatcher.lock:
@@ -106,12 +109,15 @@ class Leaser:
             for key in [k for k, j in dispatcher.held.items() if j.state == "reported" and j.since < cutoff]:
                 del dispatcher.held[key]
             held = {k: j.claim for k, j in dispatcher.held.items()}
-            fresh = {k for k, j in dispatcher.held.items() if j.leased_at > now - self.period}
+            young = now - self.period / 4
+            fresh = set() if self._rewrite_all else {k for k, j in dispatcher.held.items() if j.leased_at > young}
         try:
             lost = self.store.extend_leases(held, fresh)
         except Exception as exc:  # noqa: BLE001
             log.warning("lease heartbeat failed", error=repr(exc))
+            self._rewrite_all = True
             return
+        self._rewrite_all = False
         crash_point("during_heartbeat", "")
         with dispatcher.lock:
             for key in held.keys() - lost - fresh:

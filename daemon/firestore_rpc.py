@@ -6,13 +6,15 @@ interceptor: about a tenth of the daemon's CPU per transition (issue 15.2). Here
 requests go straight over the client's own gRPC channel (its target, credentials and options),
 with the metadata the generated client sends (resource prefix, routing header, the emulator's
 token). gRPC errors become the ``google.api_core`` exceptions the callers already handle
-(``Aborted`` is retried by :mod:`daemon.firestore_tx`, transient ones are the message path's).
+(``Aborted`` is retried by :mod:`daemon.firestore_tx`, transient ones are the message path's);
+a read that fails before its first response is tried again here, briefly.
 Everything else the store does still goes through the library.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,6 +33,12 @@ _CommitResponse = firestore_types.CommitResponse.pb()
 _Write = write_types.Write.pb()
 
 TIMEOUT_SECONDS = 60.0  # the generated client's default for Commit
+# A read that failed before its first response is tried again (the generated client retries
+# these codes for minutes; a longer outage is the message path's: nack, redelivery). A commit is
+# not: whether a failed one was applied is unknown, and the next delivery finds out (dedup).
+_RETRY_READ = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED})
+READ_ATTEMPTS = 3
+READ_BACKOFF_SECONDS = 0.1
 
 
 class FirestoreRpc:
@@ -58,10 +66,21 @@ class FirestoreRpc:
         request.new_transaction.read_write.retry_transaction = retry_id or b""
         if fields is not None:
             request.mask.field_paths.extend(fields)
-        try:
-            yield from self._batch_get(request, metadata=self.metadata, timeout=TIMEOUT_SECONDS)
-        except grpc.RpcError as exc:
-            raise _api_error(exc) from exc
+        for attempt in range(READ_ATTEMPTS):
+            received = False
+            try:
+                for response in self._batch_get(request, metadata=self.metadata, timeout=TIMEOUT_SECONDS):
+                    received = True
+                    yield response
+                return
+            except grpc.RpcError as exc:
+                # Before the first response nothing began on the server: try again, as the
+                # generated client's retry would. After it, the transaction exists: the caller
+                # rolls it back and the message path retries.
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if received or code not in _RETRY_READ or attempt == READ_ATTEMPTS - 1:
+                    raise _api_error(exc) from exc
+            time.sleep(READ_BACKOFF_SECONDS * 2**attempt)
 
     def commit(self, transaction_id: bytes, writes: Sequence[Any]) -> None:
         """Commit ``writes`` (raw or proto-plus ``Write`` messages) in the transaction."""

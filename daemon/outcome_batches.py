@@ -62,11 +62,11 @@ class OutcomeBatches:
             if leads:
                 self._leading.add(run_id)
         if leads:
-            self._lead(run_id)
+            self._lead(run_id, slot)
         else:
             slot.done.wait()
             if slot.lead:  # the batch before ours is done and ours has not begun: lead it
-                self._lead(run_id)
+                self._lead(run_id, slot)
         if slot.error is not None:
             raise slot.error
         assert slot.result is not None
@@ -78,24 +78,33 @@ class OutcomeBatches:
         except Exception:  # noqa: BLE001 - not knowing is no reason to wait, nor to strand the run
             return False
 
-    def _lead(self, run_id: str) -> None:
-        deadline = time.monotonic() + self.wait
-        with self._cv:
-            # Linger while siblings still run here: their outcomes join this transaction.
-            while (left := deadline - time.monotonic()) > 0 and self._siblings_running(run_id):
-                self._cv.wait(min(left, 0.002))
-            batch = self._pending[run_id][:MAX_BATCH]
-            del self._pending[run_id][:len(batch)]
+    def _lead(self, run_id: str, own: _Slot) -> None:
+        batch: list[_Slot] = []
         try:
+            deadline = time.monotonic() + self.wait
+            with self._cv:
+                # Linger while siblings still run here: their outcomes join this transaction.
+                while (left := deadline - time.monotonic()) > 0 and self._siblings_running(run_id):
+                    self._cv.wait(min(left, 0.002))
+                batch = self._pending[run_id][:MAX_BATCH]
+                del self._pending[run_id][:len(batch)]
             results = self.apply_many(run_id, [(s.event, MESSAGE_ID) for s in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} results for a batch of {len(batch)} outcomes")
-        except BaseException as exc:  # noqa: BLE001 - each caller falls back on its own
-            for s in batch:
-                s.error = exc
-        else:
             for s, result in zip(batch, results, strict=True):
                 s.result = result
+        except BaseException as exc:  # noqa: BLE001 - each caller falls back on its own
+            if own not in batch:  # failed before taking the batch: take ours out of the queue
+                with self._cv:
+                    if own in self._pending.get(run_id, []):
+                        self._pending[run_id].remove(own)
+                own.error = exc
+            for s in batch:
+                # An Exception is each caller's to handle; anything else is re-raised only by
+                # this thread, the others fail with an ordinary error.
+                s.error = exc if s is own or isinstance(exc, Exception) else RuntimeError(f"outcome batch interrupted: {exc!r}")
+            if not isinstance(exc, Exception):
+                raise
         finally:
             with self._cv:
                 rest = self._pending.get(run_id)

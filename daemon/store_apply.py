@@ -47,10 +47,12 @@ Item = tuple[Event, str]  # an event and the id of the message that carried it
 class _Fold:
     """The run as the events of one transaction leave it, one after the other."""
 
-    read: dict[str, Any]  # the run document as the transaction read it
-    doc: dict[str, Any]  # ... and with each applied decision's fields
+    doc: dict[str, Any]  # the run document as read, with each applied decision's fields
     recorded: set[str] = field(default_factory=set)  # event ids applied by this transaction
     settled: set[str] = field(default_factory=set)  # effect paths marked done by this transaction
+    # Effects this transaction (re)created, as written: a later event of the batch is checked
+    # against them, not against what the read saw.
+    effects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class RunApply:
@@ -105,7 +107,7 @@ class RunApply:
             if not run_snap.exists:
                 raise UnknownRun(f"no run with id {run_id!r}")
             read = run_snap.to_dict() or {}
-            fold = _Fold(read, dict(read))
+            fold = _Fold(dict(read))
             results: list[Applied] = []
             deferred: list[Any] = []
             for event, message_id in items:
@@ -135,6 +137,8 @@ class RunApply:
         effect_ref = _effect_ref_of(run_ref, event)
         effect_snap = snaps.get(effect_ref.path) if effect_ref is not None else None
         effect = (effect_snap.to_dict() or {}) if effect_snap is not None and effect_snap.exists else None
+        if effect_ref is not None and effect_ref.path in fold.effects:
+            effect = fold.effects[effect_ref.path]
 
         def record(record_id: str, outcome: str, detail: str, to_state: str | None = None,
                    from_state: str | None = None, version: int | None = None, type_: str | None = None) -> None:
@@ -179,6 +183,11 @@ class RunApply:
         for snap in stopped:
             transaction.update(snap.reference, {"status": "cancelled", "done_at": now})
         claims = self._write_effects(transaction, run_ref, decision.effects, now)
+        for spec in decision.effects:
+            path = run_ref.collection(EFFECTS).document(spec.effect_id).path
+            fold.effects[path] = {"effect_id": spec.effect_id, "kind": spec.kind, "item": spec.item,
+                                  "claim": claims[spec.effect_id], "status": "pending"}
+            fold.settled.discard(path)
         self._settle(transaction, fold, settles, now)
         return Applied(decision.outcome, event.run_id, decision.detail, decision, decision.effects, run_view(doc),
                        effect_id, claims)

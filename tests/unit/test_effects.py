@@ -383,6 +383,20 @@ def test_a_lease_granted_moments_ago_is_only_checked_then_renewed_once_a_period_
     assert held == {key: "claim-b"} and fresh == set()
     runner.renew()  # just renewed: fresh again
     assert store.extend_leases.call_args.args[1] == {key}
+    runner._held[key].leased_at -= 2.0  # older than a quarter period (2.5 s)? not yet
+    runner.renew()
+    assert store.extend_leases.call_args.args[1] == {key}
+    runner._held[key].leased_at -= 1.0
+    runner.renew()
+    assert store.extend_leases.call_args.args[1] == set()
+    # after a failed heartbeat, the next one writes every lease, however young
+    store.extend_leases.side_effect = [RuntimeError("firestore is away"), set()]
+    runner.renew()
+    runner.renew()
+    assert store.extend_leases.call_args.args[1] == set()
+    store.extend_leases.side_effect = None
+    runner.renew()  # and then young ones are only checked again
+    assert store.extend_leases.call_args.args[1] == {key}
     gate.set()
     runner.shutdown(grace=1)
 

@@ -23,23 +23,34 @@ DOC = "projects/p/databases/(default)/documents/runs/r1"
 class _Channel:
     """Records the methods made on it and every call."""
 
-    def __init__(self, error: grpc.RpcError | None = None) -> None:
+    def __init__(self, error: grpc.RpcError | None = None, errors: list[Any] | None = None) -> None:
         self.methods: dict[str, Any] = {}
         self.calls: list[tuple[str, bytes, Any, float]] = []
         self.error = error
+        self.errors = errors or []  # per call: None, an error before the first response, or ("after", error)
 
     def _method(self, kind: str, path: str, request_serializer: Any, response_deserializer: Any) -> Any:
         self.methods[path] = kind
 
         def call(request: Any, metadata: Any, timeout: float) -> Any:
             self.calls.append((path, request_serializer(request), metadata, timeout))
-            if self.error is not None:
-                raise self.error
+            error = self.errors.pop(0) if self.errors else self.error
             if kind == "unary_stream":
-                return iter([response_deserializer(b"")])
+                return self._stream(response_deserializer(b""), error)
+            if error is not None:
+                raise error
             return response_deserializer(b"")
 
         return call
+
+    @staticmethod
+    def _stream(response: Any, error: Any) -> Any:
+        if isinstance(error, tuple):  # fails after its first response
+            yield response
+            raise error[1]
+        if error is not None:
+            raise error
+        yield response
 
     def unary_stream(self, path: str, **kwargs: Any) -> Any:
         return self._method("unary_stream", path, **kwargs)
@@ -49,11 +60,13 @@ class _Channel:
 
 
 class _Aborted(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    status = grpc.StatusCode.ABORTED
+
     def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.ABORTED
+        return self.status
 
     def details(self) -> str:
-        return "too much contention"
+        return f"{self.status.name} from the fake"
 
     def trailing_metadata(self) -> Any:
         return None
@@ -111,3 +124,31 @@ def test_one_rpc_object_per_client() -> None:
     client = _client(_Channel())
     assert rpc_of(client) is rpc_of(client)
     assert rpc_of(_client(_Channel())) is not rpc_of(client)
+
+
+class _Unavailable(_Aborted):  # type: ignore[misc]
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_read_failing_before_its_first_response_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("daemon.firestore_rpc.READ_BACKOFF_SECONDS", 0.0)
+    channel = _Channel(errors=[_Unavailable(), _Unavailable()])
+    assert len(list(FirestoreRpc(_client(channel)).batch_get([DOC], retry_id=None, fields=None))) == 1
+    assert len(channel.calls) == 3
+
+    channel = _Channel(error=_Unavailable())  # down for good: given up after the last attempt
+    with pytest.raises(exceptions.ServiceUnavailable):
+        list(FirestoreRpc(_client(channel)).batch_get([DOC], retry_id=None, fields=None))
+    assert len(channel.calls) == 3
+
+
+def test_a_read_failing_after_a_response_or_a_failed_commit_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("daemon.firestore_rpc.READ_BACKOFF_SECONDS", 0.0)
+    channel = _Channel(errors=[("after", _Unavailable())])
+    with pytest.raises(exceptions.ServiceUnavailable):
+        list(FirestoreRpc(_client(channel)).batch_get([DOC], retry_id=None, fields=None))
+    assert len(channel.calls) == 1  # the transaction may exist: the caller rolls it back
+    channel = _Channel(error=_Unavailable())
+    with pytest.raises(exceptions.ServiceUnavailable):
+        FirestoreRpc(_client(channel)).commit(b"tx", [])
+    assert len(channel.calls) == 1

@@ -334,3 +334,33 @@ def test_a_batch_with_a_result_missing_fails_every_caller_alike(store: FakeStore
     first.finish(), second.finish(), third.finish()
     assert all(isinstance(c.error, RuntimeError) and "results for a batch" in str(c.error)
                for c in (first, second, third))
+
+
+def test_an_interrupt_while_lingering_fails_only_its_caller_and_strands_nothing(store: FakeStore) -> None:
+    calls = {"n": 0}
+
+    def interrupted_once(_run_id: str) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # not an Exception: re-raised by the thread it hit
+        return 0
+
+    batches = OutcomeBatches(store.apply_many, interrupted_once, wait=5.0)
+    first = call(batches, outcome("r", 1)).finish()
+    assert isinstance(first.error, KeyboardInterrupt) and store.batches == []
+    second = call(batches, outcome("r", 2)).finish()  # the run's next outcome is applied
+    assert second.error is None and [ids for _, ids in store.batches] == [[outcome("r", 2).event_id]]
+
+
+def test_an_interrupt_inside_the_transaction_gives_the_others_an_ordinary_error(store: FakeStore) -> None:
+    batches = OutcomeBatches(store.apply_many, Running(), wait=0.0)
+    gate = store.gate("r")
+    first = call(batches, outcome("r", 1))
+    assert store.entered["r"].wait(JOIN)
+    second, third = call(batches, outcome("r", 2), queued=1), call(batches, outcome("r", 3), queued=2)
+    store.fail = SystemExit(3)  # the batch of second and third; second leads it
+    gate.set()
+    first.finish(), second.finish(), third.finish()
+    assert first.error is None
+    assert isinstance(second.error, SystemExit) and isinstance(third.error, RuntimeError)
+    assert "interrupted" in str(third.error)
