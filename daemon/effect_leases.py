@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 import structlog
 
 from daemon.config import Settings
-from daemon.effect_dispatch import Dispatcher, Job, Key, deadline_for
+from daemon.effect_dispatch import Dispatcher
+from daemon.effect_jobs import Job, deadline_for
 from daemon.store import RunStore
+from daemon.store_leases import Key
 from daemon.wakeups import Wakeups
 from devtools.faults import crash_point
 

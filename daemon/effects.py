@@ -30,10 +30,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from daemon.config import Settings
-from daemon.effect_dispatch import Dispatcher, Job, Key, Publish, deadline_for
+from daemon.effect_dispatch import Dispatcher, Publish
+from daemon.effect_jobs import Job, deadline_for
 from daemon.effect_leases import Leaser
 from daemon.store import Applied, RunStore
-from daemon.store_leases import LeasedEffect
+from daemon.store_leases import Key, LeasedEffect
 from daemon.wakeups import Wakeups
 from handlers.base import Handler
 
