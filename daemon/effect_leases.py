@@ -40,8 +40,8 @@ class Leaser:
         if wakeups is not None:
             dispatcher.retry_scheduled = self.wake
         # How often the heartbeat looks for overdue effects: a few times per lease, at most 1 s.
-        self.tick = min(max(settings.effect_lease_seconds / 3, 0.2), 1.0)
         self.period = max(settings.effect_lease_seconds / 3, 0.2)  # between lease renewals
+        self.tick = min(self.period, 1.0)
         self._rewrite_all = False  # the last heartbeat failed: write every lease at the next
         self._threads: list[threading.Thread] = []
 
@@ -88,12 +88,11 @@ class Leaser:
 
     # ---- heartbeat -------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        period = self.period
-        next_renewal = time.monotonic() + period
+        next_renewal = time.monotonic() + self.period
         while not self.dispatcher.stop.wait(self.tick):
             self._expire_overdue()
             if time.monotonic() >= next_renewal:
-                next_renewal = time.monotonic() + period
+                next_renewal = time.monotonic() + self.period
                 self.renew()
 
     def renew(self) -> None:

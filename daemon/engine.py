@@ -20,6 +20,7 @@ import structlog
 
 from daemon import rejected
 from daemon.config import Settings
+from daemon.outcome_batches import MESSAGE_ID as EAGER_MESSAGE_ID
 from daemon.pubsub import topic_path
 from daemon.store import Applied, RunStore
 from daemon.store_targets import target_of
@@ -119,19 +120,17 @@ class Engine:
         log.warning("dead letter recorded", message_id=msg.message_id, source=source)
         return Verdict.ACK
 
-    def apply_outcome(
-        self, event: Event, attributes: Mapping[str, str], apply: Callable[[Event], Applied] | None = None
-    ) -> bool:
+    def apply_outcome(self, event: Event, attributes: Mapping[str, str], apply: Callable[[Event], Applied]) -> bool:
         """Apply the outcome of an effect this replica ran, without Pub/Sub (daemon/outcome_delivery.py),
-        by ``apply`` (with the run's other outcomes: daemon/outcome_batches.py) or on its own.
+        by ``apply`` (with the run's other outcomes: daemon/outcome_batches.py).
 
         False if it could not be applied: the caller publishes it then, and the events path
         retries it or records why it is refused. Its audit record's message id is ``eager``."""
         with structlog.contextvars.bound_contextvars(
-            run_id=event.run_id, message_id="eager", trace_id=trace_of(attributes)
+            run_id=event.run_id, message_id=EAGER_MESSAGE_ID, trace_id=trace_of(attributes)
         ):
             try:
-                applied = apply(event) if apply is not None else self.store.apply(event, message_id="eager")
+                applied = apply(event)
             except Exception as exc:  # noqa: BLE001 - the published path takes over
                 log.info("outcome not applied here, publishing it", error=_short(exc), type=event.type)
                 return False

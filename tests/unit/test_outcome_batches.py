@@ -142,6 +142,15 @@ def call(batches: OutcomeBatches, event: Event, queued: int | None = None) -> Ca
     return caller
 
 
+def in_transaction(store: FakeStore, batches: OutcomeBatches, event: Event) -> tuple[threading.Event, Caller]:
+    """Start a caller of ``event`` and wait until it is inside a transaction held by the
+    returned gate (set it to let the transaction finish)."""
+    gate = store.gate(event.run_id)
+    first = call(batches, event)
+    assert store.entered[event.run_id].wait(JOIN)
+    return gate, first
+
+
 def test_a_lone_outcome_is_applied_alone_and_gets_its_own_result(store: FakeStore) -> None:
     running = Running()
     batches = OutcomeBatches(store.apply_many, running, wait=5.0)
@@ -159,9 +168,7 @@ def test_a_lone_outcome_is_applied_alone_and_gets_its_own_result(store: FakeStor
 
 def test_outcomes_arriving_during_a_transaction_are_applied_together_next(store: FakeStore) -> None:
     batches = OutcomeBatches(store.apply_many, Running(), wait=0.0)
-    gate = store.gate("r")
-    first = call(batches, outcome("r", 1))
-    assert store.entered["r"].wait(JOIN)
+    gate, first = in_transaction(store, batches, outcome("r", 1))
     later = [call(batches, outcome("r", n), queued=n - 1) for n in (2, 3, 4)]
     assert len(store.batches) == 1  # they wait for the transaction in progress
     gate.set()
@@ -214,9 +221,7 @@ def test_the_leader_lingers_no_longer_than_wait(store: FakeStore) -> None:
 def test_outcomes_of_different_runs_never_share_a_batch_nor_wait_for_each_other(store: FakeStore) -> None:
     running = Running()
     batches = OutcomeBatches(store.apply_many, running, wait=0.0)
-    gate_a = store.gate("a")
-    a1 = call(batches, outcome("a", 1))
-    assert store.entered["a"].wait(JOIN)
+    gate_a, a1 = in_transaction(store, batches, outcome("a", 1))
     a2 = call(batches, outcome("a", 2), queued=1)
     # Run b is applied at once, alone, while a's batch is still in its transaction.
     b1 = call(batches, outcome("b", 1)).finish()
@@ -249,9 +254,7 @@ def test_a_lingering_leader_does_not_hold_up_another_run(store: FakeStore) -> No
 
 def test_a_failed_batch_fails_each_of_its_callers_and_the_next_outcome_applies(store: FakeStore) -> None:
     batches = OutcomeBatches(store.apply_many, Running(), wait=0.0)
-    gate = store.gate("r")
-    first = call(batches, outcome("r", 1))
-    assert store.entered["r"].wait(JOIN)
+    gate, first = in_transaction(store, batches, outcome("r", 1))
     second, third = call(batches, outcome("r", 2), queued=1), call(batches, outcome("r", 3), queued=2)
     boom = RuntimeError("the commit failed")
     store.fail = boom  # the batch of second and third
@@ -271,10 +274,8 @@ def test_a_failed_batch_fails_each_of_its_callers_and_the_next_outcome_applies(s
 
 def test_outcomes_waiting_behind_a_failed_batch_are_applied_by_the_next_leader(store: FakeStore) -> None:
     batches = OutcomeBatches(store.apply_many, Running(), wait=0.0)
-    gate = store.gate("r")
     store.fail = boom = ConnectionError("firestore is away")
-    first = call(batches, outcome("r", 1))
-    assert store.entered["r"].wait(JOIN)
+    gate, first = in_transaction(store, batches, outcome("r", 1))
     second = call(batches, outcome("r", 2), queued=1)
     gate.set()
     first.finish(), second.finish()
@@ -286,9 +287,7 @@ def test_outcomes_waiting_behind_a_failed_batch_are_applied_by_the_next_leader(s
 
 def test_a_batch_holds_at_most_max_batch_outcomes(store: FakeStore) -> None:
     batches = OutcomeBatches(store.apply_many, Running(), wait=0.0)
-    gate = store.gate("r")
-    first = call(batches, outcome("r", 0))
-    assert store.entered["r"].wait(JOIN)
+    gate, first = in_transaction(store, batches, outcome("r", 0))
     waiting = [call(batches, outcome("r", n), queued=n) for n in range(1, MAX_BATCH + 3)]
     gate.set()
     for caller in [first, *waiting]:
@@ -302,9 +301,7 @@ def test_a_batch_holds_at_most_max_batch_outcomes(store: FakeStore) -> None:
 def test_max_batch_is_read_when_the_batch_is_taken(store: FakeStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(outcome_batches, "MAX_BATCH", 2)
     batches = OutcomeBatches(store.apply_many, Running(), wait=0.0)
-    gate = store.gate("r")
-    first = call(batches, outcome("r", 0))
-    assert store.entered["r"].wait(JOIN)
+    gate, first = in_transaction(store, batches, outcome("r", 0))
     waiting = [call(batches, outcome("r", n), queued=n) for n in range(1, 6)]
     gate.set()
     for caller in [first, *waiting]:
@@ -326,9 +323,7 @@ def test_a_failing_count_of_running_siblings_neither_waits_nor_strands_the_run(s
 
 def test_a_batch_with_a_result_missing_fails_every_caller_alike(store: FakeStore) -> None:
     batches = OutcomeBatches(lambda run_id, items: store.apply_many(run_id, items)[:-1], Running(), wait=0.0)
-    gate = store.gate("r")
-    first = call(batches, outcome("r", 1))
-    assert store.entered["r"].wait(JOIN)
+    gate, first = in_transaction(store, batches, outcome("r", 1))
     second, third = call(batches, outcome("r", 2), queued=1), call(batches, outcome("r", 3), queued=2)
     gate.set()
     first.finish(), second.finish(), third.finish()
@@ -354,9 +349,7 @@ def test_an_interrupt_while_lingering_fails_only_its_caller_and_strands_nothing(
 
 def test_an_interrupt_inside_the_transaction_gives_the_others_an_ordinary_error(store: FakeStore) -> None:
     batches = OutcomeBatches(store.apply_many, Running(), wait=0.0)
-    gate = store.gate("r")
-    first = call(batches, outcome("r", 1))
-    assert store.entered["r"].wait(JOIN)
+    gate, first = in_transaction(store, batches, outcome("r", 1))
     second, third = call(batches, outcome("r", 2), queued=1), call(batches, outcome("r", 3), queued=2)
     store.fail = SystemExit(3)  # the batch of second and third; second leads it
     gate.set()
