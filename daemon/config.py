@@ -62,8 +62,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, validation_alias=AliasChoices("PORT", "PODIUM_PORT"))
     log_format: Literal["console", "json", "auto"] = "auto"
 
-    # Local backend knobs.
-    local_iam_delay_seconds: float = 1.0
+    # Local backend knobs. The simulated IAM propagation only has to outlast the moment between
+    # creating an account or binding and its first check (tens of ms), so that every local run
+    # takes the same not-visible-yet path as Google Cloud; longer is time a local deploy sleeps.
+    local_iam_delay_seconds: float = 0.25
     iam_budget_seconds: float = 600.0
     director_ready_budget_seconds: float = 60.0
 

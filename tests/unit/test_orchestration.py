@@ -282,7 +282,7 @@ def test_happy_path_every_transition_with_its_effects_and_timer() -> None:
         "provisioning_iam",
         "verifying_iam",
         [fx("iam.verify:accounts:a0:p0", "iam.verify", "accounts")],
-        ("iam.accounts", 1),
+        ("iam.accounts", 0.25),
     )
     assert d.run.outputs["service_accounts"] == {"publisher": "sa-pub@x"}
     assert d.run.progress["iam"]["accounts"] == "succeeded"
@@ -366,7 +366,7 @@ def test_happy_path_every_transition_with_its_effects_and_timer() -> None:
         "verifying_dataflow_iam",
         "verifying_dataflow_iam",
         [fx("iam.verify:resources:a0:p0", "iam.verify", "resources")],
-        ("iam.resources", 1),
+        ("iam.resources", 0.25),
     )
     assert d.run.progress["iam"]["bindings"] == "succeeded"
 
@@ -744,12 +744,12 @@ def test_iam_poll_backs_off_exponentially_up_to_the_cap_then_fails_on_budget() -
 def test_iam_poll_default_delays() -> None:
     run = run_at("verifying_iam")
     delays = [delay_of(run)]
-    for _ in range(7):
+    for _ in range(9):
         now = run.wake_at
         run = fire(run, now).run
         delays.append(delay_of(run, now))
     # doubling from iam_poll_initial, capped at iam_poll_max
-    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert delays == [0.25, 0.5, 1, 2, 4, 8, 16, 30, 30, 30]
 
 
 def test_iam_verified_during_polling_ends_the_poll() -> None:
