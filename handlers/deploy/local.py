@@ -18,10 +18,12 @@
    datasets as SQLite files), the deployment's ``environment_vars`` and its own resolved secrets, on top
    of a minimal environment (``handlers.secrets.child_env``: PATH, HOME, locale, TMPDIR, the
    emulator switches). Nothing else of the daemon's environment reaches it.
-4. Health: ``GET /healthz`` must answer 200. Until it does, a live process younger than 30 s
-   raises ``NotReady`` (the effect runner calls again in 0.5 s, which adopts the same process
-   and re-checks; nothing sleeps). A process that exited, or is still unhealthy after 30 s,
-   fails the deploy with the service's log tail.
+4. Health: ``GET /healthz`` must answer 200. The deploy that started the process asks every
+   20 ms until it is 1 s old (most answer by then: no trip through the engine per check). Until
+   it answers, a live process younger than 30 s raises ``NotReady`` (the effect runner calls
+   again in 0.1 s for its first 3 s, then every 0.5 s, which adopts the same process and
+   re-checks; nothing sleeps). A process that exited, or is still unhealthy after 30 s, fails
+   the deploy with the service's log tail.
 
 Secrets (DESIGN.md §9): ``secret_environment_vars: [{name, value_from}]`` are resolved when the
 process starts, from the daemon's variable ``PODIUM_SECRET_<VALUE_FROM>`` (upper case, every
@@ -44,6 +46,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -92,6 +95,10 @@ RECHECK_SECONDS = 0.5
 # A local process usually answers within a second of its start: check often until then (a
 # check is one local HTTP request), then every RECHECK_SECONDS.
 EARLY_RECHECK_SECONDS, EARLY_SECONDS = 0.1, 3.0
+# The deploy that starts a process waits here for its first answer, up to this age, asking every
+# FIRST_POLL_SECONDS: most processes answer well within it, and each re-check through the engine
+# (a lease write, a claim transaction) costs more than the wait. Slower ones go on as NotReady.
+FIRST_WAIT_SECONDS, FIRST_POLL_SECONDS = 1.0, 0.02
 HEALTH_TIMEOUT_SECONDS = 1.0
 LOG_TAIL_CHARS = 2000
 LOCAL_BIGQUERY_ENV = "LOCAL_BIGQUERY_DIR"
@@ -168,7 +175,16 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
             f"{service}: another deployer registered a process meanwhile",
             retry_after=RECHECK_SECONDS,
         )
+    _await_first_answer(record, ctx.cancelled)
     return _check_health(reg, record, hidden)
+
+
+def _await_first_answer(record: ProcessRecord, cancelled: threading.Event) -> None:
+    """Wait until the process just started answers, exits or is ``FIRST_WAIT_SECONDS`` old
+    (or the effect is cancelled); ``_check_health`` then says which."""
+    while is_alive(record.pid, record.fingerprint) and not _healthy(record.port):
+        if record.age_seconds() >= FIRST_WAIT_SECONDS or cancelled.wait(FIRST_POLL_SECONDS):
+            return
 
 
 def _check_health(reg: ProcessRegistry, record: ProcessRecord, hidden: Sequence[str]) -> Sequence[Outcome]:

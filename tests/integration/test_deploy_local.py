@@ -33,6 +33,7 @@ from daemon.config import Settings
 from handlers.base import EffectContext, Outcome
 from handlers.deploy import registry as registry_module
 from handlers.deploy.local import (
+    FIRST_WAIT_SECONDS,
     deploy_local,
     list_processes,
     secret_env_name,
@@ -97,12 +98,38 @@ print("leaker: a daemon secret seen elsewhere: other-service-secret-value", flus
 sys.exit(3)
 """
 
-# Lives a little while, so the first health check finds it alive and a later one finds it dead.
+# Lives past the deploy's first wait (FIRST_WAIT_SECONDS), so the first call finds it alive and a
+# re-check finds it dead.
 CRASHER_MAIN = """\
 import sys, time
 print("crasher: boom, the configuration is unusable", flush=True)
-time.sleep(1.0)
+time.sleep(FIRST_WAIT + 0.5)
 sys.exit(3)
+""".replace("FIRST_WAIT", str(FIRST_WAIT_SECONDS))
+
+# Exits at once: the deploy's first call sees it die.
+QUICK_CRASHER_MAIN = """\
+import sys
+print("crasher: gone at once", flush=True)
+sys.exit(4)
+"""
+
+# Answers /healthz with 200 after sleeping DELAY seconds.
+LATE_SERVER_MAIN = """\
+import os, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+time.sleep(DELAY)
+HTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Handler).serve_forever()
 """
 
 # Answers /healthz with the variables it was given (only in tests: never echo a real secret).
@@ -430,6 +457,43 @@ def test_a_service_that_exits_fails_with_its_log_tail(
     assert deployer.not_ready >= 1  # it was alive at first: the re-check reported, not restarted
     assert len(deployer.seen_pids) == 1
     assert registry.get(project, "crasher")[0] is None  # nothing left to adopt
+
+
+def test_a_service_that_exits_at_once_fails_in_the_first_call(
+    deployer: Deployer, settings: Settings, tmp_path: Path, registry: ProcessRegistry, project: str
+) -> None:
+    image = write_artifact(
+        settings.state_dir, "crasher", single_file_folder(tmp_path, "quick", QUICK_CRASHER_MAIN)
+    )
+    with pytest.raises(HandlerError) as failed:
+        deployer.deploy("crasher", image)
+    assert "gone at once" in failed.value.message
+    assert deployer.not_ready == 0  # the first call waited for it and saw it exit
+    assert registry.get(project, "crasher")[0] is None
+
+
+def test_a_service_that_answers_within_the_first_wait_is_deployed_in_one_call(
+    deployer: Deployer, settings: Settings, tmp_path: Path
+) -> None:
+    main = LATE_SERVER_MAIN.replace("DELAY", "0")
+    image = write_artifact(settings.state_dir, "crasher", single_file_folder(tmp_path, "prompt", main))
+    started = time.monotonic()
+    done = deployer.deploy("crasher", image)
+    assert done.type == "deploy.succeeded"
+    assert deployer.not_ready == 0  # no trip through the effect runner per health check
+    assert time.monotonic() - started < FIRST_WAIT_SECONDS + 0.5
+    assert healthz(done.data["url"]).status_code == 200
+
+
+def test_a_service_slower_than_the_first_wait_is_rechecked_until_it_answers(
+    deployer: Deployer, settings: Settings, tmp_path: Path
+) -> None:
+    main = LATE_SERVER_MAIN.replace("DELAY", str(FIRST_WAIT_SECONDS + 0.5))
+    image = write_artifact(settings.state_dir, "crasher", single_file_folder(tmp_path, "late", main))
+    done = deployer.deploy("crasher", image)
+    assert done.type == "deploy.succeeded"
+    assert deployer.not_ready >= 1  # the first call handed it back as NotReady after its wait
+    assert len(deployer.seen_pids) == 1  # the re-checks adopted the same process
 
 
 def test_a_missing_secret_fails_naming_it(
