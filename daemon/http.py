@@ -43,10 +43,9 @@ from daemon.engine import Engine, Inbound, Verdict
 
 if TYPE_CHECKING:
     from daemon.dashboard import Dashboard
+    from daemon.push_auth import TokenVerifier
 
 log = structlog.get_logger("podium.http")
-
-TokenVerifier = Callable[[str | None], tuple[int, str] | None]  # None = ok, else (status, reason)
 
 STOP_TIMEOUT_SECONDS = 3.0
 

@@ -23,10 +23,11 @@ from google.auth import exceptions as auth_exceptions
 from google.oauth2 import id_token
 
 from daemon.config import Settings
-from daemon.http import TokenVerifier
 
 log = structlog.get_logger("podium.push_auth")
 
+# A push request's Authorization header -> None when it may pass, else (HTTP status, reason).
+TokenVerifier = Callable[[str | None], tuple[int, str] | None]
 # (token, audience) -> the token's claims; raises ValueError / GoogleAuthError when it is not valid.
 VerifyFunction = Callable[[str, str | None], Mapping[str, Any]]
 
