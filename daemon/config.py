@@ -63,8 +63,9 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json", "auto"] = "auto"
 
     # Local backend knobs. The simulated IAM propagation only has to outlast the moment between
-    # creating an account or binding and its first check (tens of ms), so that every local run
-    # takes the same not-visible-yet path as Google Cloud; longer is time a local deploy sleeps.
+    # creating an account or binding and its first check (tens of ms), so that a local run
+    # (unless the machine stalls) takes the not-visible-yet path Google Cloud takes; longer is
+    # time a local deploy sleeps.
     local_iam_delay_seconds: float = 0.25
     iam_budget_seconds: float = 600.0
     director_ready_budget_seconds: float = 60.0

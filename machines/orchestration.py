@@ -69,10 +69,11 @@ DEFAULT_LIMITS: Mapping[str, timedelta] = {
     "state_timeout": timedelta(minutes=30),  # any state without a more specific budget
     **{f"timeout_{state}": timedelta(seconds=seconds) for state, seconds in STATE_TIMEOUTS.items()},
     "iam_budget": timedelta(minutes=10),  # IAM may take 2-7 minutes to propagate
-    # The first re-check a quarter second after the at-once check: a change that shows quickly
-    # is seen quickly, and doubling still reaches the cap within a minute (two reads more than
-    # starting at 1 s).
-    "iam_poll_initial": timedelta(seconds=0.25),
+    # IAM checks: at once, an early look, then at 1, 3, 7, 15, 31 s … (doubling, capped) after
+    # the first, as if the early look had not been: a change that shows within a quarter second
+    # is seen then, and none is seen later than without it (one check more per phase).
+    "iam_poll_early": timedelta(seconds=0.25),
+    "iam_poll_initial": timedelta(seconds=1),
     "iam_poll_max": timedelta(seconds=30),
     "director_budget": timedelta(minutes=1),
     "director_ping_interval": timedelta(seconds=2),
@@ -222,8 +223,17 @@ class _RunModel(TeardownSteps):
 
     def _poll_iam(self, phase: str, attempt: int, started_at: datetime) -> None:
         self.effect("iam.verify", phase, suffix=f":p{attempt}")
-        delay = min(self.limit("iam_poll_initial") * (2**attempt), self.limit("iam_poll_max"))
+        delay = self._iam_poll_delay(attempt)
         self.set_timer(f"iam.{phase}", delay, attempt=attempt, started_at=started_at)
+
+    def _iam_poll_delay(self, attempt: int) -> timedelta:
+        """From check ``attempt`` to the next one (see ``iam_poll_early`` in DEFAULT_LIMITS)."""
+        early, first = self.limit("iam_poll_early"), self.limit("iam_poll_initial")
+        if early < first:  # the early look, then the schedule it would have had without it
+            if attempt <= 1:
+                return early if attempt == 0 else first - early
+            attempt -= 1
+        return min(first * (1 << attempt), self.limit("iam_poll_max"))
 
     def _enter_building(self) -> None:
         self.items("iam")["accounts_verified"] = "succeeded"

@@ -19,11 +19,12 @@
    of a minimal environment (``handlers.secrets.child_env``: PATH, HOME, locale, TMPDIR, the
    emulator switches). Nothing else of the daemon's environment reaches it.
 4. Health: ``GET /healthz`` must answer 200. The deploy that started the process asks every
-   20 ms until it is 1 s old (most answer by then: no trip through the engine per check). Until
-   it answers, a live process younger than 30 s raises ``NotReady`` (the effect runner calls
-   again in 0.1 s for its first 3 s, then every 0.5 s, which adopts the same process and
-   re-checks; nothing sleeps). A process that exited, or is still unhealthy after 30 s, fails
-   the deploy with the service's log tail.
+   20 ms until it is 1 s old (most answer by then: no trip through the engine per check; the
+   only wait inside a handler here, bounded and cancellable, and a crash during it loses
+   nothing: the effect's lease runs out and the re-drive adopts the process). Until it answers,
+   a live process younger than 30 s raises ``NotReady`` (the effect runner calls again in 0.1 s
+   for its first 3 s, then every 0.5 s, which adopts the same process and re-checks). A process
+   that exited, or is still unhealthy after 30 s, fails the deploy with the service's log tail.
 
 Secrets (DESIGN.md §9): ``secret_environment_vars: [{name, value_from}]`` are resolved when the
 process starts, from the daemon's variable ``PODIUM_SECRET_<VALUE_FROM>`` (upper case, every
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -181,9 +183,14 @@ def deploy_local(ctx: EffectContext, registry: ProcessRegistry | None = None) ->
 
 def _await_first_answer(record: ProcessRecord, cancelled: threading.Event) -> None:
     """Wait until the process just started answers, exits or is ``FIRST_WAIT_SECONDS`` old
-    (or the effect is cancelled); ``_check_health`` then says which."""
-    while is_alive(record.pid, record.fingerprint) and not _healthy(record.port):
-        if record.age_seconds() >= FIRST_WAIT_SECONDS or cancelled.wait(FIRST_POLL_SECONDS):
+    (or the effect is cancelled); ``_check_health`` then says which. Bounded on the monotonic
+    clock, each probe included."""
+    deadline = time.monotonic() + FIRST_WAIT_SECONDS - record.age_seconds()
+    while is_alive(record.pid, record.fingerprint):
+        left = deadline - time.monotonic()
+        if left <= 0 or _healthy(record.port, timeout=min(HEALTH_TIMEOUT_SECONDS, left)):
+            return
+        if cancelled.wait(min(FIRST_POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
             return
 
 
@@ -218,9 +225,9 @@ def _check_health(reg: ProcessRegistry, record: ProcessRecord, hidden: Sequence[
     )
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
     try:
-        response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=HEALTH_TIMEOUT_SECONDS)
+        response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=timeout)
     except requests.RequestException:
         return False
     return response.status_code == 200

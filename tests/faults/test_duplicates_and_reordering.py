@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 RUNS = 5
 COPIES = 3
-MAX_HOLD_SECONDS = 1.5  # longer than the first IAM polls (0.25 s, 0.5 s): a held iam.verified goes stale
+MAX_HOLD_SECONDS = 1.5  # longer than the first IAM polls (0.25 s, 1 s): a held iam.verified goes stale
 COMPARED = ("state", "status", "progress", "outputs", "error")
 
 

@@ -8,6 +8,7 @@ import sys
 import threading
 from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 from types import SimpleNamespace
 from typing import Any
 
@@ -712,8 +713,9 @@ def test_every_non_terminal_state_fails_when_its_timers_run_out(state: str) -> N
 
 def test_iam_poll_backs_off_exponentially_up_to_the_cap_then_fails_on_budget() -> None:
     run = run_at(
-        "verifying_iam", limits={"iam_budget": 20, "iam_poll_initial": 1, "iam_poll_max": 4}
-    )
+        "verifying_iam",
+        limits={"iam_budget": 20, "iam_poll_early": 1, "iam_poll_initial": 1, "iam_poll_max": 4},
+    )  # no early look (iam_poll_early not below iam_poll_initial): the plain doubling
     started = run.timer.started_at
     delays = [delay_of(run)]
     effect_ids = ["iam.verify:accounts:a0:p0"]
@@ -748,8 +750,9 @@ def test_iam_poll_default_delays() -> None:
         now = run.wake_at
         run = fire(run, now).run
         delays.append(delay_of(run, now))
-    # doubling from iam_poll_initial, capped at iam_poll_max
-    assert delays == [0.25, 0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    # an early look at 0.25 s, then checks 1, 3, 7, 15, 31, 61 s after the first, as without it
+    assert delays == [0.25, 0.75, 2, 4, 8, 16, 30, 30, 30, 30]
+    assert list(accumulate(delays))[1:7] == [1, 3, 7, 15, 31, 61]
 
 
 def test_iam_verified_during_polling_ends_the_poll() -> None:
@@ -773,8 +776,8 @@ def test_dataflow_iam_poll_uses_the_iam_budget() -> None:
         d = fire(run, run.wake_at)
         effect_ids += ids(d)
         run = d.run
-    # checks at 0, 1 and 3 s; the fire at 5 s finds the 5 s budget spent
-    assert effect_ids == [f"iam.verify:resources:a0:p{i}" for i in range(3)]
+    # checks at 0, 0.25 (the early look), 1 and 3 s; the fire at 5 s finds the 5 s budget spent
+    assert effect_ids == [f"iam.verify:resources:a0:p{i}" for i in range(4)]
     assert run.state == "failed"
     assert run.failed_state == "verifying_dataflow_iam"
     assert "IAM" in run.error.message
