@@ -8,13 +8,15 @@ phase, how long to wait) is the plan's and the machine's business:
   resource's policy, add the member to the role, write it back with the etag that was read,
   re-reading and retrying when someone else changed the policy meanwhile. Nothing already in
   the policy is removed or replaced (the anchor replaced whole policies).
-* ``account_visible`` / ``binding_visible``: one check, no waiting. The machine polls with a
-  timer (DESIGN.md §7 rule 3), so propagation (minutes on Google Cloud) never holds a thread.
+* ``account_visible`` / ``bindings_visible`` (one resource's bindings, one read): one check, no
+  waiting. The machine polls with a timer (DESIGN.md §7 rule 3), so propagation (minutes on
+  Google Cloud) never holds a thread.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from handlers import google_errors
@@ -38,8 +40,9 @@ class IamBackend(Protocol):
         """Whether the account can be read back now (one check)."""
         ...
 
-    def binding_visible(self, binding: IamBinding) -> bool:
-        """Whether the resource's policy now holds the member in the role (one check)."""
+    def bindings_visible(self, bindings: Sequence[IamBinding]) -> list[bool]:
+        """For bindings on one resource: whether its policy now holds each member in its role
+        (one check; on Google Cloud one read of that resource's policy)."""
         ...
 
     def remove_service_account(self, email: str) -> bool:

@@ -7,7 +7,8 @@ are left alone, so a re-run (a redriven effect, a ``retry`` command) creates not
 * ``provision``: every account of the plan (services, the director, scheduler jobs), then the
   ``project``-phase bindings (project roles and secrets, whose resources exist before the run).
 * ``verify``: ONE check of everything the phase needs (``accounts``: accounts + project-phase
-  bindings; ``resources``: the resource-phase bindings ``bind`` applied), in parallel. Not yet
+  bindings; ``resources``: the resource-phase bindings ``bind`` applied), in parallel, one read
+  per account and one per resource policy (however many bindings it holds). Not yet
   visible → ``[]``: the machine's timer polls again with backoff and fails the run when the IAM
   budget runs out (DESIGN.md §7 rule 3). A transient API error during a check counts as "not
   yet" for the same reason; a permission problem fails the run at once.
@@ -73,32 +74,35 @@ def provision(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
 def verify(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
     backend = backend.in_project(ctx.architecture.project_id)
     plan = plan_iam(ctx.architecture)
-    checks: list[tuple[str, Callable[[], bool]]]
+    # Each check: what it looks at (one name per account or binding) and how, in one call.
+    checks: list[tuple[list[str], Callable[[], list[bool]]]]
     if ctx.item == "accounts":
-        checks = [(f"account {e}", _bound(backend.account_visible, e)) for e in plan.emails()]
-        checks += [
-            (describe(b), _bound(backend.binding_visible, b)) for b in plan.for_phase("project")
-        ]
+        checks = [([f"account {e}"], _account_check(backend, e)) for e in plan.emails()]
+        bindings: Sequence[IamBinding] = plan.for_phase("project")
     elif ctx.item == "resources":
-        now, _ = bindings_to_apply(plan, ctx.architecture.service_manager_spec.name)
-        checks = [(describe(b), _bound(backend.binding_visible, b)) for b in now]
+        bindings, _ = bindings_to_apply(plan, ctx.architecture.service_manager_spec.name)
+        checks = []
     else:
         raise HandlerError(
             f"iam.verify: unknown item {ctx.item!r} (expected 'accounts' or 'resources')",
             retryable=False,
         )
+    # One read of each resource's policy for all its bindings (a project may hold many).
+    checks += [([describe(b) for b in group], _bound(backend.bindings_visible, group))
+               for group in _by_resource(bindings)]
     results = _parallel(_check, checks)
-    missing = [what for (what, _), ok in zip(checks, results, strict=True) if not ok]
+    whats = [what for names, _ in checks for what in names]
+    missing = [what for what, ok in zip(whats, (ok for oks in results for ok in oks), strict=True) if not ok]
     if missing:
         log.info(
             "iam not visible yet",
             phase=ctx.item,
             missing=len(missing),
-            of=len(checks),
+            of=len(whats),
             first=missing[:3],
         )
         return []
-    return [Outcome("iam.verified", ctx.item, {"checked": len(checks)})]
+    return [Outcome("iam.verified", ctx.item, {"checked": len(whats)})]
 
 
 def bind(ctx: EffectContext, backend: IamBackend) -> Sequence[Outcome]:
@@ -168,25 +172,34 @@ def invoker_bindings_for(plan: IamPlan, service: str) -> list[IamBinding]:
 def apply_bindings(backend: IamBackend, bindings: Iterable[IamBinding]) -> int:
     """Apply ``bindings`` additively: one resource's bindings one after another (each is a
     read-modify-write of the same policy), different resources in parallel. Returns the count."""
-    by_resource: dict[tuple[str, str, str], list[IamBinding]] = defaultdict(list)
-    for b in bindings:
-        by_resource[(b.resource_type, b.resource_location, b.resource_id)].append(b)
 
     def apply_group(group: list[IamBinding]) -> int:
         for b in group:
             backend.add_binding(b)
         return len(group)
 
-    return sum(_parallel(apply_group, list(by_resource.values())))
+    return sum(_parallel(apply_group, _by_resource(bindings)))
 
 
 # ---- internals ----------------------------------------------------------------------------------
-def _bound(fn: Callable[[T], bool], arg: T) -> Callable[[], bool]:
+def _by_resource(bindings: Iterable[IamBinding]) -> list[list[IamBinding]]:
+    """``bindings`` grouped by the resource whose policy holds them, in first-seen order."""
+    groups: dict[tuple[str, str, str], list[IamBinding]] = defaultdict(list)
+    for b in bindings:
+        groups[(b.resource_type, b.resource_location, b.resource_id)].append(b)
+    return list(groups.values())
+
+
+def _bound(fn: Callable[[T], R], arg: T) -> Callable[[], R]:
     return lambda: fn(arg)
 
 
-def _check(check: tuple[str, Callable[[], bool]]) -> bool:
-    what, fn = check
+def _account_check(backend: IamBackend, email: str) -> Callable[[], list[bool]]:
+    return lambda: [backend.account_visible(email)]
+
+
+def _check(check: tuple[list[str], Callable[[], list[bool]]]) -> list[bool]:
+    whats, fn = check
     try:
         return fn()
     except HandlerError as exc:
@@ -194,12 +207,12 @@ def _check(check: tuple[str, Callable[[], bool]]) -> bool:
             raise
         log.info(
             "iam check failed transiently; counts as not visible yet",
-            check=what,
+            check=whats[0] + (f" and {len(whats) - 1} more" if len(whats) > 1 else ""),
             error=exc.message[:200],
         )
-        return False
+        return [False] * len(whats)
     except NotReady:
-        return False
+        return [False] * len(whats)
 
 
 def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:

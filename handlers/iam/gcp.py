@@ -1,6 +1,6 @@
 """The ``gcp`` IAM backend: IAM Admin for accounts, each resource's own IAM API for bindings.
 
-Resource types covered by ``add_binding`` / ``binding_visible`` (``handlers.iam.gcp_policies``):
+Resource types covered by ``add_binding`` / ``bindings_visible`` (``handlers.iam.gcp_policies``):
 
 * ``project``: Resource Manager ``ProjectsClient`` (``projects/{p}``)
 * ``pubsub_topic`` / ``pubsub_subscription``: Pub/Sub's ``google.iam.v1.IAMPolicy``
@@ -27,6 +27,7 @@ autospecced mocks).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -216,17 +217,22 @@ class GcpIam:
             retryable=True,
         )
 
-    def binding_visible(self, binding: IamBinding) -> bool:
-        name, api = self._policy_api(binding)
+    def bindings_visible(self, bindings: Sequence[IamBinding]) -> list[bool]:
+        if not bindings:
+            return []
+        name, api = self._policy_api(bindings[0])
+        if any(self._policy_api(b)[0] != name for b in bindings[1:]):
+            raise ValueError(f"bindings_visible: bindings on more than one resource ({name}, …)")
         try:
             policy = api.read(name)
         except gexc.NotFound:
-            return False
+            return [False] * len(bindings)
         except Exception as exc:  # noqa: BLE001
             raise api_error(
-                exc, f"reading the IAM policy of {name} for {describe(binding)}"
+                exc, f"reading the IAM policy of {name} for {describe(bindings[0])}"
+                + (f" and {len(bindings) - 1} more" if len(bindings) > 1 else "")
             ) from exc
-        return api.has(policy, binding.role, binding.member)
+        return [api.has(policy, b.role, b.member) for b in bindings]
 
     def _policy_api(self, binding: IamBinding) -> tuple[str, PolicyApi]:
         kind = binding.resource_type

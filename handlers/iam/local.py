@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -106,10 +106,11 @@ class LocalIam:
     def account_visible(self, email: str) -> bool:
         return self._visible(account_doc_id(email), f"reading service account {email}")
 
-    def binding_visible(self, binding: IamBinding) -> bool:
-        return self._visible(
-            binding_doc_id(binding, self.project), f"reading the binding {describe(binding)}"
-        )
+    def bindings_visible(self, bindings: Sequence[IamBinding]) -> list[bool]:
+        return [
+            self._visible(binding_doc_id(b, self.project), f"reading the binding {describe(b)}")
+            for b in bindings
+        ]
 
     def remove_service_account(self, email: str) -> bool:
         ref = self.collection.document(account_doc_id(email))

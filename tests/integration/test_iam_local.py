@@ -217,4 +217,4 @@ def test_invokers_on_app_services_are_deferred_to_their_deploy(
     # ... which the deploy handler applies once the subscriber is deployed.
     effects.apply_bindings(backend, effects.invoker_bindings_for(plan, "subscriber"))
     assert binding_doc_id(invoker, settings.project) in docs(firestore_client)
-    assert backend.binding_visible(invoker) is False  # propagation is simulated for it too
+    assert backend.bindings_visible([invoker]) == [False]  # propagation is simulated for it too

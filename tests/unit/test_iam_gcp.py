@@ -497,14 +497,24 @@ def test_scheduler_accounts_are_created_and_secret_accessors_granted(clients: Cl
 
 
 # ---- visibility and the verify effect ----------------------------------------------------------
-def test_binding_visible_rereads_the_policy(clients: Clients) -> None:
+def test_bindings_visible_rereads_the_policy(clients: Clients) -> None:
     backend = clients.backend()
     b = binding(role="roles/pubsub.admin")
-    assert backend.binding_visible(b) is False
+    assert backend.bindings_visible([b]) == [False]
     clients.store.put(PROJECT_NAME, ("roles/pubsub.admin", [f"serviceAccount:{DIRECTOR}"]))
-    assert backend.binding_visible(b) is True
+    assert backend.bindings_visible([b]) == [True]
     clients.projects.get_iam_policy.side_effect = gexc.NotFound("no such resource")
-    assert backend.binding_visible(b) is False
+    assert backend.bindings_visible([b]) == [False]
+
+
+def test_bindings_visible_reads_one_resources_policy_once(clients: Clients) -> None:
+    backend = clients.backend()
+    admin, viewer = binding(role="roles/pubsub.admin"), binding(role="roles/viewer")
+    clients.store.put(PROJECT_NAME, ("roles/viewer", [f"serviceAccount:{DIRECTOR}"]))
+    before = clients.projects.get_iam_policy.call_count
+    assert backend.bindings_visible([admin, viewer]) == [False, True]
+    assert clients.projects.get_iam_policy.call_count == before + 1
+    assert backend.bindings_visible([]) == []
 
 
 def test_verify_accounts_checks_once_and_reports(clients: Clients, demo: Architecture) -> None:
@@ -544,6 +554,20 @@ def test_verify_resources_counts_a_transient_error_as_not_yet(
     with pytest.raises(HandlerError) as err:
         effects.verify(ctx, backend)
     assert err.value.retryable is False
+
+
+def test_verify_reads_each_resources_policy_once_per_check(clients: Clients, demo: Architecture) -> None:
+    backend = clients.backend()
+    effects.bind(make_ctx(demo, "iam.bind", "resources"), backend)
+    now, _ = effects.bindings_to_apply(plan_iam(demo), demo.service_manager_spec.name)
+    resources = {(b.resource_type, b.resource_location, b.resource_id) for b in now}
+    assert len(resources) < len(now)  # the demo has resources with several bindings
+    for client in clients.policy_clients():
+        client.get_iam_policy.reset_mock()
+    (out,) = effects.verify(make_ctx(demo, "iam.verify", "resources"), backend)
+    assert out.data == {"checked": len(now)}  # every binding checked ...
+    reads = sum(client.get_iam_policy.call_count for client in clients.policy_clients())
+    assert reads == len(resources)  # ... with one policy read per resource
 
 
 def test_verify_rejects_an_unknown_item(clients: Clients, demo: Architecture) -> None:
