@@ -93,13 +93,12 @@ class RunApply:
         for event, _ in items:
             if event.run_id != run_id:
                 raise ValueError(f"event {event.event_id!r} is for run {event.run_id!r}, not {run_id!r}")
-            if len(items) > 1 and _effect_ref_of(run_ref, event) is None:
-                raise ValueError(f"event {event.event_id!r} is not an effect's outcome: it is applied alone")
-            refs.setdefault(run_ref.collection(EVENTS).document(event.event_id).path,
-                            run_ref.collection(EVENTS).document(event.event_id))
             effect_ref = _effect_ref_of(run_ref, event)
-            if effect_ref is not None:
-                refs.setdefault(effect_ref.path, effect_ref)
+            if len(items) > 1 and effect_ref is None:
+                raise ValueError(f"event {event.event_id!r} is not an effect's outcome: it is applied alone")
+            for ref in (run_ref.collection(EVENTS).document(event.event_id), effect_ref):
+                if ref is not None:
+                    refs.setdefault(ref.path, ref)
 
         def tx(transaction: firestore.Transaction, snaps: Snapshots) -> list[Applied]:
             now = utcnow()

@@ -82,7 +82,6 @@ def run_view(doc: Mapping[str, Any]) -> RunView:
     return RunView.model_validate(doc)
 
 
-
 def audit_record(
     event_id: str,
     type_: str,
